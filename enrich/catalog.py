@@ -1,0 +1,271 @@
+"""Load, validate and clean a catalog of listings (CSV, Parquet or JSON Lines) with polars.
+
+Every input row comes out as one row of the standard frame, with a `status` of `ok` or a reason it
+was refused; nothing is dropped. File-level problems (missing file or column, unknown format) raise
+`CatalogError` with a message that names the file and the column.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import polars as pl
+from selectolax.lexbor import LexborHTMLParser
+
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+STANDARD_COLUMNS = ["row", "id", "title", "brand", "text", "category", "engagement", "status", "notes"]
+_HTML_HINT = re.compile(r"<[A-Za-z/!]|&(#\d+|#x[0-9A-Fa-f]+|[A-Za-z]+);")
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be read at all: the message says which file, row or column, and why."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which input column plays which role; every catalog names its columns its own way."""
+
+    id: str = "id"  # unique listing id, kept as a string
+    title: str = "title"  # product title; a row without one is refused
+    brand: str | None = "brand"  # manufacturer or brand; optional column
+    text: tuple[str, ...] = ("description",)  # extra text columns (description, bullet points), optional
+    category: str | None = "category"  # category path "A > B > C" where known; optional
+    engagement: str | None = "engagement"  # orders / reviews / clicks; required in a reference catalog
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Columns":
+        """Read a TOML mapping file such as `id = "uniq_id"`, `text = ["description"]`."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CatalogError(f"column mapping file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise CatalogError(f"column mapping file {path} is not valid TOML: {e}") from None
+        return cls().updated(**raw, source=str(path))
+
+    def updated(self, source: str = "options", **changes) -> "Columns":
+        """A copy with some roles renamed; unknown keys are an error, empty strings mean 'no column'."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise CatalogError(f"{source}: unknown column role(s) {unknown}; known roles: {sorted(known)}")
+        clean = {}
+        for key, value in changes.items():
+            if value is None:
+                continue
+            if key == "text":
+                value = tuple(v for v in ([value] if isinstance(value, str) else value) if v)
+            elif value == "" and key not in ("id", "title"):
+                value = None
+            clean[key] = value
+        return replace(self, **clean)
+
+
+@dataclass(frozen=True)
+class CleaningConfig:
+    """How raw text fields are cleaned before anything reads them."""
+
+    max_title_chars: int = 300  # longer titles are cut, with a note in `notes`
+    max_text_chars: int = 2000  # longer descriptions are cut, with a note in `notes`
+    unicode_form: str = "NFKC"  # unicode normalisation form
+
+
+def detect_format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise CatalogError(f"{path}: unknown format '{path.suffix}'; use .csv, .parquet or .jsonl")
+    return fmt
+
+
+def _read_raw(path: Path) -> tuple[pl.DataFrame, bool]:
+    """All columns as strings; also whether the file had bytes that are not UTF-8 (replaced by U+FFFD)."""
+    if not path.exists():
+        raise CatalogError(f"{path}: file not found")
+    fmt = detect_format(path)
+    try:
+        if fmt == "parquet":
+            frame = pl.read_parquet(path)
+            return frame.select(pl.all().cast(pl.String)), False
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+            bad_bytes = False
+        except UnicodeDecodeError:
+            bad_bytes = True
+            data = data.decode("utf-8", errors="replace").encode("utf-8")
+        if fmt == "csv":
+            frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False)
+        else:
+            frame = pl.read_ndjson(data, infer_schema_length=None) if data.strip() else pl.DataFrame()
+            frame = frame.select(pl.all().cast(pl.String))
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise CatalogError(f"{path}: cannot be read as {fmt}: {str(e).splitlines()[0]}") from None
+    return frame, bad_bytes
+
+
+def _html_to_text(value: str) -> str:
+    if not _HTML_HINT.search(value):
+        return value
+    parsed = LexborHTMLParser(value)
+    parsed.strip_tags(["script", "style"])
+    return parsed.text(separator=" ")
+
+
+def _clean(column: pl.Expr, form: str) -> pl.Expr:
+    return (
+        column.fill_null("")
+        .map_elements(_html_to_text, return_dtype=pl.String)
+        .str.normalize(form)
+        .str.replace_all(r"\s+", " ")
+        .str.strip_chars()
+    )
+
+
+def _truncate(frame: pl.DataFrame, field: str, max_chars: int) -> pl.DataFrame:
+    too_long = pl.col(field).str.len_chars() > max_chars
+    note = pl.when(too_long).then(pl.lit(f"{field} truncated to {max_chars} chars; ")).otherwise(pl.lit(""))
+    return frame.with_columns(pl.col(field).str.slice(0, max_chars), (pl.col("notes") + note).alias("notes"))
+
+
+def _check_columns(frame: pl.DataFrame, columns: Columns, path: Path, need_engagement: bool) -> None:
+    wanted = {"id": columns.id, "title": columns.title}
+    if need_engagement:
+        if not columns.engagement:
+            raise CatalogError(f"{path}: a reference catalog needs an engagement column (--engagement-col)")
+        wanted["engagement"] = columns.engagement
+    defaults = Columns()
+    optional = {"brand": (columns.brand, defaults.brand)}
+    # New listings rarely come with a category; a reference catalog that names one must have it.
+    optional["category"] = (columns.category, defaults.category if need_engagement else columns.category)
+    optional.update({"text": (c, c if c in defaults.text else None) for c in columns.text})
+    present = set(frame.columns)
+    for role, name in wanted.items():
+        if name not in present:
+            raise CatalogError(
+                f"{path}: no column '{name}' for the {role} (columns are: {', '.join(frame.columns) or 'none'});"
+                f" name it with --{role.split('[')[0]}-col or a --columns mapping file"
+            )
+    # An optional role left at its default name may be absent; one the user named must exist.
+    for role, (name, default) in optional.items():
+        if name and name not in present and name != default:
+            raise CatalogError(f"{path}: no column '{name}' for the {role} (columns are: {', '.join(frame.columns)})")
+
+
+def load_catalog(
+    path: str | Path,
+    columns: Columns = Columns(),
+    cleaning: CleaningConfig = CleaningConfig(),
+    reference: bool = False,
+) -> pl.DataFrame:
+    """Read a catalog into the standard frame: one row per input row, `status` 'ok' or why not.
+
+    `reference=True` requires a numeric engagement value per row (rows without one are refused);
+    for new listings the engagement column is ignored.
+    """
+    path = Path(path)
+    raw, bad_bytes = _read_raw(path)
+    _check_columns(raw, columns, path, need_engagement=reference)
+
+    def col(name: str | None) -> pl.Expr:
+        return pl.col(name) if name and name in raw.columns else pl.lit(None, dtype=pl.String)
+
+    text_cols = [c for c in columns.text if c in raw.columns]
+    text = pl.concat_str([col(c).fill_null("") for c in text_cols], separator=" ") if text_cols else pl.lit("")
+    engagement_raw = col(columns.engagement if reference else None)
+    form = cleaning.unicode_form
+    frame = raw.select(
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("row"),
+        col(columns.id).fill_null("").str.strip_chars().alias("id"),
+        _clean(col(columns.title), form).alias("title"),
+        _clean(col(columns.brand), form).alias("brand"),
+        _clean(text, form).alias("text"),
+        _clean(col(columns.category), form).alias("category"),
+        engagement_raw.str.strip_chars().alias("engagement_raw"),
+        pl.lit("").alias("notes"),
+    )
+    frame = _truncate(frame, "title", cleaning.max_title_chars)
+    frame = _truncate(frame, "text", cleaning.max_text_chars)
+    frame = frame.with_columns(
+        pl.col("engagement_raw").str.replace_all(",", "").cast(pl.Float64, strict=False).alias("engagement"),
+        pl.when(pl.col("category") == "").then(None).otherwise(pl.col("category")).alias("category"),
+        pl.col("notes").str.strip_chars_end("; "),
+    )
+    first_row = frame.group_by("id").agg(pl.col("row").min().alias("first_row"))
+    frame = frame.join(first_row, on="id", how="left").sort("row")
+    checked = [c for c in [columns.id, columns.title, columns.brand, *text_cols, columns.category] if c]
+    if reference:
+        checked.append(columns.engagement)
+    frame = frame.with_columns(_status(raw, checked, columns, reference, bad_bytes).alias("status"))
+    return frame.select(STANDARD_COLUMNS)
+
+
+def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: bool, bad_bytes: bool) -> pl.Expr:
+    """The first reason a row cannot be enriched, naming the row and the field; 'ok' otherwise."""
+
+    def refused(message: pl.Expr) -> pl.Expr:
+        return pl.format("refused: row {} ", pl.col("row")) + message
+
+    rules: list[tuple[pl.Expr, pl.Expr]] = []
+    if bad_bytes:
+        for name in checked:
+            if name in raw.columns:
+                has_bad = pl.lit(raw[name].fill_null("").str.contains("\ufffd", literal=True))
+                rules.append((has_bad, refused(pl.lit(f"field '{name}': bytes that are not UTF-8"))))
+    rules += [
+        (pl.col("id") == "", refused(pl.lit(f"field '{columns.id}': empty id"))),
+        (pl.col("row") != pl.col("first_row"),
+         refused(pl.format(f"field '{columns.id}': duplicate id '{{}}' (first at row {{}})", pl.col("id"), pl.col("first_row")))),
+        (pl.col("title") == "", refused(pl.lit(f"field '{columns.title}': empty title"))),
+    ]
+    if reference:
+        name = columns.engagement
+        rules += [
+            (pl.col("engagement_raw").fill_null("") == "", refused(pl.lit(f"field '{name}': no engagement value"))),
+            (pl.col("engagement").is_null(),
+             refused(pl.format(f"field '{name}': engagement '{{}}' is not a number", pl.col("engagement_raw")))),
+            ((pl.col("engagement") < 0) | pl.col("engagement").is_infinite() | pl.col("engagement").is_nan(),
+             refused(pl.format(f"field '{name}': engagement '{{}}' is not a finite count >= 0", pl.col("engagement_raw")))),
+        ]
+    status = pl.lit("ok")
+    for condition, message in reversed(rules):
+        status = pl.when(condition).then(message).otherwise(status)
+    return status
+
+
+def listing_texts(frame: pl.DataFrame) -> list[str]:
+    """The text the encoder reads: title first, so truncation only ever cuts the tail."""
+    return (
+        frame.select(
+            pl.concat_str([pl.col("title"), pl.col("brand").fill_null(""), pl.col("text").fill_null("")], separator=" | ")
+            .str.replace_all(r"( \| )+$", "")
+            .str.replace_all(r" \|  \| ", " | ")
+        )
+        .to_series()
+        .to_list()
+    )
+
+
+def write_table(frame: pl.DataFrame, path: str | Path) -> Path:
+    """Write Parquet (or CSV when the name ends in .csv) atomically: a reader sees the old file or the new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix.lower() == ".csv":
+            # CSV has no lists: list columns are written as "a|b|c".
+            lists = [c for c, dtype in frame.schema.items() if isinstance(dtype, pl.List)]
+            frame.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join("|") for c in lists).write_csv(tmp)
+        else:
+            frame.write_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,81 @@
+"""The `enrich` command: parses flags, calls one library function, turns errors into a clear message."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from enrich.catalog import CatalogError, Columns
+
+
+def _column_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("columns (a --columns TOML file, then these flags)")
+    group.add_argument("--columns", metavar="FILE", help="TOML mapping of roles to column names")
+    group.add_argument("--id-col", help="listing id column (default: id)")
+    group.add_argument("--title-col", help="title column (default: title)")
+    group.add_argument("--brand-col", help="brand / manufacturer column (default: brand)")
+    group.add_argument("--text-cols", help="comma-separated extra text columns (default: description)")
+    group.add_argument("--category-col", help="category path column, 'A > B > C' (default: category)")
+    group.add_argument("--engagement-col", help="engagement column: orders, reviews, clicks (default: engagement)")
+
+
+def _columns(args: argparse.Namespace) -> Columns:
+    columns = Columns.from_file(args.columns) if args.columns else Columns()
+    return columns.updated(
+        source="flags", id=args.id_col, title=args.title_col, brand=args.brand_col, category=args.category_col,
+        engagement=args.engagement_col, text=args.text_cols.split(",") if args.text_cols is not None else None,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="enrich", description="Tags, similar popular listings and exposure priors for new listings.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    index = commands.add_parser("index", help="embed a reference catalog and build its hnswlib index")
+    index.add_argument("reference", help="reference catalog with engagement (.csv, .parquet, .jsonl)")
+    index.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
+    index.add_argument("--quiet", action="store_true", help="no progress bars")
+    _column_flags(index)
+
+    run = commands.add_parser("run", help="enrich new listings")
+    run.add_argument("new", help="new listings (.csv, .parquet, .jsonl)")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--index", help="index folder from `enrich index`")
+    source.add_argument("--reference", help="reference catalog: build a temporary index first")
+    run.add_argument("--out", required=True, help="output table: Parquet, or CSV when the name ends in .csv")
+    run.add_argument("--neighbors", type=int, help="neighbours written per listing (default 10)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _column_flags(run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Imported here so `enrich --help` answers at once; torch and transformers take seconds to load.
+    from enrich.pipeline import EnrichConfig, build_index, enrich
+
+    progress = not args.quiet
+    try:
+        columns = _columns(args)
+        if args.command == "index":
+            summary = build_index(args.reference, args.out, columns, progress=progress)
+            lines = summary.lines("indexed") + [f"  embeddings reused from the earlier build: {summary.reused_embeddings}",
+                                                f"index written to {args.out}"]
+        else:
+            config = EnrichConfig()
+            if args.neighbors:
+                config = replace(config, vote=replace(config.vote, top_k=args.neighbors))
+            summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference,
+                             columns=columns, config=config, progress=progress)
+            lines = summary.lines("enriched") + [f"output written to {args.out}"]
+    except CatalogError as e:
+        print(f"enrich: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Lexical evidence: TF-IDF vectors of listing texts, saved as plain arrays (no pickle).
+
+Embeddings miss exact tokens (model numbers, franchise names, brands) that the TF-IDF cosine catches;
+the prior and the benchmark's baselines both use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+
+@dataclass(frozen=True)
+class LexicalConfig:
+    """The TF-IDF vocabulary fitted on the reference catalog."""
+
+    ngram_max: int = 2  # words and word pairs
+    min_df: int = 2  # a term seen in one listing only says nothing about its neighbours
+    max_features: int = 200_000  # vocabulary cap, for large catalogs
+
+
+class Lexical:
+    """A fitted TF-IDF vectoriser that saves its vocabulary and idf weights as JSON and .npy."""
+
+    def __init__(self, vectorizer: TfidfVectorizer, config: LexicalConfig):
+        self.vectorizer = vectorizer
+        self.config = config
+
+    @classmethod
+    def fit(cls, texts: list[str], config: LexicalConfig = LexicalConfig()) -> "Lexical":
+        min_df = config.min_df if len(texts) >= 10 * config.min_df else 1
+        vectorizer = TfidfVectorizer(
+            sublinear_tf=True,
+            ngram_range=(1, config.ngram_max),
+            min_df=min_df,
+            max_features=config.max_features,
+            dtype=np.float32,
+        )
+        vectorizer.fit(texts)
+        return cls(vectorizer, config)
+
+    def transform(self, texts: list[str]) -> sp.csr_matrix:
+        return self.vectorizer.transform(texts).tocsr()
+
+    @property
+    def vocabulary_size(self) -> int:
+        return len(self.vectorizer.vocabulary_)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        vocabulary = {term: int(i) for term, i in self.vectorizer.vocabulary_.items()}
+        (folder / "lexical.json").write_text(json.dumps({"config": asdict(self.config), "vocabulary": vocabulary}))
+        np.save(folder / "lexical_idf.npy", self.vectorizer.idf_.astype(np.float32))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Lexical":
+        saved = json.loads((folder / "lexical.json").read_text())
+        config = LexicalConfig(**saved["config"])
+        vectorizer = TfidfVectorizer(
+            sublinear_tf=True, ngram_range=(1, config.ngram_max), vocabulary=saved["vocabulary"], dtype=np.float32
+        )
+        vectorizer.idf_ = np.load(folder / "lexical_idf.npy", allow_pickle=False)
+        return cls(vectorizer, config)
+
+
+def pairwise_cosine(queries: sp.csr_matrix, reference: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
+    """Cosine between each query row and its own candidate reference rows (TF-IDF rows are unit length)."""
+    rows = np.repeat(np.arange(queries.shape[0]), candidates.shape[1])
+    products = queries[rows].multiply(reference[candidates.ravel()]).sum(axis=1)
+    return np.asarray(products, dtype=np.float32).reshape(candidates.shape)

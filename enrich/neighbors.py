@@ -1,0 +1,83 @@
+"""The hnswlib index of reference listings, with its id map, and exact search to check it against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import hnswlib
+import numpy as np
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How the approximate nearest-neighbour index is built and searched."""
+
+    M: int = 32  # graph degree: more links, better recall, more memory
+    ef_construction: int = 200  # build-time beam width
+    ef_search: int = 200  # query-time beam width; must be >= candidates
+    candidates: int = 50  # neighbours retrieved per listing, for the vote, the prior and re-ranking
+    seed: int = 100  # hnswlib's level generator, for reproducible builds
+    threads: int = -1  # -1: all cores
+
+
+class NeighborIndex:
+    """Cosine search over L2-normalised embeddings; hnswlib labels are row positions in the id map."""
+
+    def __init__(self, index: hnswlib.Index, config: IndexConfig):
+        self.index = index
+        self.config = config
+        self.index.set_ef(max(config.ef_search, config.candidates + 1))
+
+    @classmethod
+    def build(cls, embeddings: np.ndarray, config: IndexConfig = IndexConfig()) -> "NeighborIndex":
+        index = hnswlib.Index(space="cosine", dim=embeddings.shape[1])
+        index.init_index(
+            max_elements=max(len(embeddings), 1), ef_construction=config.ef_construction, M=config.M,
+            random_seed=config.seed,
+        )
+        if len(embeddings):
+            index.add_items(embeddings, np.arange(len(embeddings)), num_threads=config.threads)
+        return cls(index, config)
+
+    def save(self, path: str) -> None:
+        self.index.save_index(path)
+
+    @classmethod
+    def load(cls, path: str, dim: int, count: int, config: IndexConfig) -> "NeighborIndex":
+        index = hnswlib.Index(space="cosine", dim=dim)
+        index.load_index(path, max_elements=max(count, 1))
+        if index.get_current_count() != count:
+            raise ValueError(f"{path} holds {index.get_current_count()} vectors, the id map {count}")
+        return cls(index, config)
+
+    def __len__(self) -> int:
+        return self.index.get_current_count()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row positions and cosine similarities of the k nearest references, most similar first."""
+        k = min(k, len(self))
+        if len(queries) == 0 or k == 0:
+            return np.zeros((len(queries), k), np.int64), np.zeros((len(queries), k), np.float32)
+        labels, distances = self.index.knn_query(queries, k=k, num_threads=self.config.threads)
+        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+
+
+def exact_search(queries: np.ndarray, reference: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force cosine top-k, in chunks so memory stays flat: the ground truth for recall."""
+    k = min(k, len(reference))
+    labels = np.zeros((len(queries), k), np.int64)
+    sims = np.zeros((len(queries), k), np.float32)
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ reference.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top_scores = np.take_along_axis(scores, top, 1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        labels[start : start + chunk] = np.take_along_axis(top, order, 1)
+        sims[start : start + chunk] = np.take_along_axis(top_scores, order, 1)
+    return labels, sims
+
+
+def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact top-k that the approximate search also returned."""
+    hits = [len(set(a) & set(e)) for a, e in zip(approximate.tolist(), exact.tolist())]
+    return float(np.sum(hits) / max(exact.size, 1))

