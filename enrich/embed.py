@@ -120,7 +120,10 @@ class Encoder:
         with tqdm(total=len(texts), desc=desc, unit="listing", disable=not progress, leave=False) as bar:
             for start in range(0, len(texts), size):
                 idx = order[start : start + size]
-                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt").to(self.device)
+                # Multiples of 8 tokens: fewer distinct shapes for oneDNN to build kernels for.
+                batch = self.tokenizer.pad(
+                    {"input_ids": [ids[i] for i in idx]}, return_tensors="pt", pad_to_multiple_of=8
+                ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state.float()
                 mask = batch["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)

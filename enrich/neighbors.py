@@ -61,6 +61,15 @@ class NeighborIndex:
         labels, distances = self.index.knn_query(queries, k=k, num_threads=self.config.threads)
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 
+    def search_excluding_self(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of the indexed vectors themselves (row i is label i), each left out of its own list."""
+        positions, sims = self.search(vectors, k + 1)
+        keep = positions != np.arange(len(positions))[:, None]
+        # Where the approximate search missed the listing itself, drop the last candidate instead.
+        keep[keep.all(1), -1] = False
+        width = positions.shape[1] - 1
+        return positions[keep].reshape(-1, width)[:, :k], sims[keep].reshape(-1, width)[:, :k]
+
 
 def exact_search(queries: np.ndarray, reference: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force cosine top-k, in chunks so memory stays flat: the ground truth for recall."""

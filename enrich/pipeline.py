@@ -95,16 +95,6 @@ def _summary(frame: pl.DataFrame, started: float) -> Summary:
     return Summary(rows=frame.height, ok=ok, refused=_refusal_reasons(frame), seconds=time.perf_counter() - started)
 
 
-def _drop_self(positions: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Leave each reference listing out of its own neighbours (searched with k + 1)."""
-    own = np.arange(len(positions))[:, None]
-    keep = positions != own
-    # Where the approximate search missed the listing itself, drop the last candidate instead.
-    missing = keep.all(1)
-    keep[missing, -1] = False
-    return positions[keep].reshape(len(positions), -1)[:, :k], sims[keep].reshape(len(positions), -1)[:, :k]
-
-
 class ReferenceIndex:
     """A loaded index folder: the reference listings, their vectors, the hnswlib graph, the prior."""
 
@@ -212,8 +202,7 @@ def build_index(
     lexical = Lexical.fit(texts, config.lexical)
     lexical_matrix = lexical.transform(texts)
     k = min(config.index.candidates, ok.height - 1)
-    positions, sims = neighbors.search(embeddings, k + 1)
-    positions, sims = _drop_self(positions, sims, k)
+    positions, sims = neighbors.search_excluding_self(embeddings, k)
     engagement = ok["engagement"].to_numpy().astype(np.float64)
     brands = [brand_key(b) for b in ok["brand"].to_list()]
     evidence = Evidence(

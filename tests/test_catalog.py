@@ -1,0 +1,120 @@
+import polars as pl
+import pytest
+
+from enrich.catalog import CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, write_table
+
+COLUMNS = Columns(id="sku", title="name", brand="maker", text=("description",), category="path", engagement="orders")
+
+
+def write_rows(path, rows):
+    pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+def good_rows():
+    return {
+        "sku": ["a1", "a2", "a3"],
+        "name": ["Red racing car", "Wooden  train\tset", "<b>Puzzle</b> &amp; game"],
+        "maker": ["Hot Wheels", "Brio", ""],
+        "description": ["<p>Die-cast <i>metal</i></p><script>track()</script>", "", "1000 pieces"],
+        "path": ["Vehicles > Cars", "Trains > Sets", ""],
+        "orders": ["12", "1,204", "0"],
+    }
+
+
+def test_reads_csv_parquet_and_jsonl_alike(tmp_path):
+    csv = write_rows(tmp_path / "c.csv", good_rows())
+    pl.DataFrame(good_rows()).write_parquet(tmp_path / "c.parquet")
+    pl.DataFrame(good_rows()).write_ndjson(tmp_path / "c.jsonl")
+    frames = [load_catalog(p, COLUMNS, reference=True) for p in (csv, tmp_path / "c.parquet", tmp_path / "c.jsonl")]
+    assert frames[0].equals(frames[1]) and frames[0].equals(frames[2])
+    frame = frames[0]
+    assert frame["status"].to_list() == ["ok", "ok", "ok"]
+    assert frame["title"].to_list() == ["Red racing car", "Wooden train set", "Puzzle & game"]
+    assert frame["text"][0] == "Die-cast metal"  # HTML to text, scripts dropped
+    assert frame["engagement"].to_list() == [12.0, 1204.0, 0.0]
+    assert frame["category"].to_list() == ["Vehicles > Cars", "Trains > Sets", None]
+
+
+def test_bad_rows_are_refused_with_row_and_field_and_none_lost(tmp_path):
+    rows = good_rows()
+    rows["sku"] += ["a1", "b5", "", "b7", "b8"]
+    rows["name"] += ["Duplicate", "   ", "No id", "Bad orders", "Negative"]
+    rows["maker"] += [""] * 5
+    rows["description"] += [""] * 5
+    rows["path"] += [""] * 5
+    rows["orders"] += ["3", "4", "5", "lots", "-2"]
+    frame = load_catalog(write_rows(tmp_path / "bad.csv", rows), COLUMNS, reference=True)
+    assert frame.height == 8
+    status = frame["status"].to_list()
+    assert status[:3] == ["ok"] * 3
+    assert status[3] == "refused: row 4 field 'sku': duplicate id 'a1' (first at row 1)"
+    assert status[4] == "refused: row 5 field 'name': empty title"
+    assert status[5] == "refused: row 6 field 'sku': empty id"
+    assert status[6] == "refused: row 7 field 'orders': engagement 'lots' is not a number"
+    assert status[7] == "refused: row 8 field 'orders': engagement '-2' is not a finite count >= 0"
+
+
+def test_new_listings_ignore_engagement_and_may_lack_category(tmp_path):
+    rows = good_rows()
+    rows["orders"] = ["x", "y", "z"]
+    del rows["path"]
+    frame = load_catalog(write_rows(tmp_path / "new.csv", rows), COLUMNS, reference=False)
+    assert frame["status"].to_list() == ["ok"] * 3
+    assert frame["engagement"].null_count() == 3
+
+
+def test_bytes_that_are_not_utf8_refuse_only_their_row(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"sku,name,orders\nx1,Caf\xe9 kitchen,3\nx2,Tea set,4\n")
+    frame = load_catalog(path, Columns(id="sku", title="name", engagement="orders", brand=None, text=(), category=None),
+                         reference=True)
+    assert frame["status"].to_list() == ["refused: row 1 field 'name': bytes that are not UTF-8", "ok"]
+
+
+def test_long_fields_are_truncated_with_a_note(tmp_path):
+    rows = good_rows()
+    rows["description"][1] = "word " * 1000
+    frame = load_catalog(write_rows(tmp_path / "long.csv", rows), COLUMNS, CleaningConfig(max_text_chars=100))
+    assert len(frame["text"][1]) == 100
+    assert frame["notes"][1] == "text truncated to 100 chars"
+    assert frame["status"][1] == "ok"
+
+
+def test_file_level_errors_name_the_file_and_column(tmp_path):
+    with pytest.raises(CatalogError, match="file not found"):
+        load_catalog(tmp_path / "missing.csv", COLUMNS)
+    (tmp_path / "catalog.xlsx").write_bytes(b"PK")
+    with pytest.raises(CatalogError, match="unknown format '.xlsx'"):
+        load_catalog(tmp_path / "catalog.xlsx", COLUMNS)
+    path = write_rows(tmp_path / "c.csv", good_rows())
+    with pytest.raises(CatalogError, match=r"no column 'title' for the title .*columns are: sku, name"):
+        load_catalog(path, Columns(id="sku"))
+    with pytest.raises(CatalogError, match="no column 'engagement' for the engagement"):
+        load_catalog(path, Columns(id="sku", title="name"), reference=True)
+    with pytest.raises(CatalogError, match=r"no column 'blurb' for the text"):
+        load_catalog(path, Columns(id="sku", title="name", text=("blurb",)))
+
+
+def test_mapping_file_and_its_errors(tmp_path):
+    mapping = tmp_path / "columns.toml"
+    mapping.write_text('id = "sku"\ntitle = "name"\nbrand = "maker"\ntext = ["description"]\ncategory = "path"\nengagement = "orders"\n')
+    assert Columns.from_file(mapping) == COLUMNS
+    mapping.write_text('id = "sku"\nprice = "p"\n')
+    with pytest.raises(CatalogError, match=r"unknown column role\(s\) \['price'\]"):
+        Columns.from_file(mapping)
+
+
+def test_listing_text_puts_the_title_first(tmp_path):
+    frame = load_catalog(write_rows(tmp_path / "c.csv", good_rows()), COLUMNS)
+    assert listing_texts(frame) == ["Red racing car | Hot Wheels | Die-cast metal", "Wooden train set | Brio",
+                                    "Puzzle & game | 1000 pieces"]
+
+
+def test_write_table_is_atomic_and_writes_lists_into_csv(tmp_path):
+    frame = pl.DataFrame({"id": ["a"], "tags": [["x", "y"]], "scores": [[0.5, 0.25]]})
+    write_table(frame, tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text().splitlines() == ["id,tags,scores", "a,x|y,0.5|0.25"]
+    write_table(frame, tmp_path / "out.parquet")
+    assert pl.read_parquet(tmp_path / "out.parquet").equals(frame)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.parquet"]  # no temp files left

@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from enrich.embed import Encoder, EncoderConfig, packaged_model_path, resolve_device_and_dtype
+
+TEXTS = ["LEGO Technic 42027 Desert Racer | LEGO", "Hornby R3060 Flying Scotsman train set | Hornby",
+         "Pink glitter unicorn party balloons, pack of 10 | Amscan", "x"]
+
+
+def test_embeddings_match_sentence_transformers(encoder):
+    from sentence_transformers import SentenceTransformer
+
+    expected = SentenceTransformer(packaged_model_path(), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    got = encoder.encode(TEXTS)
+    assert got.dtype == np.float32 and got.shape == (4, 384)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert (got * expected).sum(1).min() >= 0.99
+    exact = Encoder(EncoderConfig(precision="fp32")).encode(TEXTS)
+    assert (exact * expected).sum(1).min() >= 0.9999  # the fp32 fallback is the reference computation
+
+
+def test_order_and_batching_do_not_change_vectors():
+    small = Encoder(EncoderConfig(batch_size=2, precision="fp32"))
+    forward = small.encode(TEXTS)
+    backward = small.encode(TEXTS[::-1])[::-1]
+    assert np.allclose(forward, backward, atol=1e-5)
+    assert small.encode([]).shape == (0, 384)
+
+
+def test_long_text_is_cut_at_the_tail_so_the_title_survives():
+    short = Encoder(EncoderConfig(max_tokens=16, precision="fp32"))
+    title = "Wooden railway engine with magnetic couplings"
+    with_description = short.encode([title + " | " + "spare parts and more words " * 200])
+    alone = short.encode([title])
+    assert float((with_description * alone).sum()) > 0.8
+
+
+def test_precision_choice():
+    assert resolve_device_and_dtype(EncoderConfig(precision="fp32", device="cpu"))[1].is_floating_point
+    with pytest.raises(ValueError, match="precision must be"):
+        resolve_device_and_dtype(EncoderConfig(precision="int4"))

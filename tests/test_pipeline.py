@@ -1,0 +1,108 @@
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from enrich.cli import main
+from enrich.pipeline import OUTPUT_SCHEMA, IndexMismatch, ReferenceIndex, build_index
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_index_then_run_writes_the_output_contract(sample_index, sample, tmp_path, capsys):
+    folder, summary = sample_index
+    assert summary.ok == 1000 and summary.rows == 1000
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["counts"]["indexed"] == 1000 and manifest["encoder"]["model_name"] == "all-MiniLM-L6-v2"
+    code, err = run_cli(capsys, "run", sample["new"], "--index", folder, "--out", tmp_path / "out.parquet",
+                        "--columns", sample["columns"], "--quiet")
+    assert code == 0, err
+    assert "200 rows read, 200 enriched, 0 refused" in err
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert out.schema == pl.Schema(OUTPUT_SCHEMA)
+    new_ids = pl.read_csv(sample["new"], infer_schema=False)["uniq_id"].to_list()
+    assert out["id"].to_list() == new_ids
+    assert (out["status"] == "ok").all()
+    reference_ids = set(pl.read_csv(sample["reference"], infer_schema=False)["uniq_id"].to_list())
+    first = out.row(0, named=True)
+    assert len(first["neighbors"]) == 10 and set(first["neighbors"]) <= reference_ids
+    assert first["tags"][: len(first["category"].split(" > "))] == first["category"].split(" > ")
+    assert 0 < first["category_score"] <= 1
+    assert (out["exposure_prior_low"] <= out["exposure_prior"]).all()
+    assert (out["exposure_prior"] <= out["exposure_prior_high"]).all()
+    assert (out["prior_evidence"] > 0).all()
+    assert json.loads((tmp_path / "out.parquet.manifest.json").read_text())["summary"]["ok"] == 200
+
+
+def test_bad_rows_are_accounted_for_in_the_output(sample_index, tmp_path, capsys):
+    folder, _ = sample_index
+    (tmp_path / "bad.csv").write_bytes(
+        b"uniq_id,product_name,manufacturer\n"
+        b"n1,Wooden toy train,Brio\n"
+        b"n1,Same id again,Brio\n"
+        b"n3,,Nobody\n"
+        b"n4,<b>Glitter</b> slime kit &amp; tubs,Slimy\n"
+        b"n5,Caf\xe9 kitchen playset,KidKraft\n"
+    )
+    code, err = run_cli(capsys, "run", tmp_path / "bad.csv", "--index", folder, "--out", tmp_path / "bad-out.csv",
+                        "--id-col", "uniq_id", "--title-col", "product_name", "--brand-col", "manufacturer", "--quiet")
+    assert code == 0, err
+    out = pl.read_csv(tmp_path / "bad-out.csv")
+    assert out.height == 5
+    assert out["status"].to_list() == [
+        "ok",
+        "refused: row 2 field 'uniq_id': duplicate id 'n1' (first at row 1)",
+        "refused: row 3 field 'product_name': empty title",
+        "ok",
+        "refused: row 5 field 'product_name': bytes that are not UTF-8",
+    ]
+    assert out["neighbors"][0].count("|") == 9 and out["neighbors"][1] is None
+    assert "5 rows read, 2 enriched, 3 refused" in err
+
+
+def test_one_shot_run_with_a_reference_catalog(sample, tmp_path, capsys):
+    code, err = run_cli(capsys, "run", sample["new"], "--reference", sample["reference"], "--columns", sample["columns"],
+                        "--out", tmp_path / "oneshot.csv", "--quiet", "--neighbors", "3")
+    assert code == 0, err
+    out = pl.read_csv(tmp_path / "oneshot.csv")
+    assert out.height == 200 and out["neighbors"][0].count("|") == 2
+
+
+def test_reindexing_embeds_only_changed_rows(sample_index, sample, tmp_path, encoder):
+    folder, _ = sample_index
+    copy = tmp_path / "index"
+    shutil.copytree(folder, copy)
+    changed = pl.read_csv(sample["reference"], infer_schema=False).with_columns(
+        pl.when(pl.int_range(pl.len()) < 5).then(pl.col("product_name") + " (new edition)").otherwise(pl.col("product_name"))
+        .alias("product_name"))
+    changed.write_csv(tmp_path / "changed.csv")
+    from enrich.catalog import Columns
+
+    summary = build_index(tmp_path / "changed.csv", copy, Columns.from_file(sample["columns"]), progress=False, encoder=encoder)
+    assert summary.reused_embeddings == 995
+    reloaded = ReferenceIndex.load(copy, encoder)
+    fresh = encoder.encode(["Mismatch"])  # any query works against the rebuilt graph
+    assert reloaded.neighbors.search(fresh, 3)[0].shape == (1, 3)
+
+
+def test_an_index_from_another_model_is_refused(sample_index, tmp_path, encoder):
+    folder, _ = sample_index
+    copy = tmp_path / "index"
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["encoder"]["fingerprint"] = "0123456789abcdef"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexMismatch, match="was built with all-MiniLM-L6-v2 .fingerprint 0123456789abcdef"):
+        ReferenceIndex.load(copy, encoder)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    code, err = run_cli(capsys, "run", tmp_path / "missing.csv", "--reference", tmp_path / "ref.csv", "--out", tmp_path / "o.parquet")
+    assert code == 2 and err.startswith("enrich: error:") and "file not found" in err and "Traceback" not in err
+    (tmp_path / "new.csv").write_text("id,title\n1,Toy\n")
+    code, err = run_cli(capsys, "run", tmp_path / "new.csv", "--index", tmp_path / "nothing", "--out", tmp_path / "o.parquet")
+    assert code == 2 and "not an enrich index" in err
