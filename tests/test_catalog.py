@@ -118,3 +118,14 @@ def test_write_table_is_atomic_and_writes_lists_into_csv(tmp_path):
     write_table(frame, tmp_path / "out.parquet")
     assert pl.read_parquet(tmp_path / "out.parquet").equals(frame)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.parquet"]  # no temp files left
+
+
+def test_a_second_real_catalog_loads_with_column_flags_only(amazon_catalog):
+    path = amazon_catalog.parent / "with_descriptions.csv"
+    columns = Columns(id="product_id", title="product_name", brand="manufacturer",
+                      text=("product_description", "product_information"), category=None, engagement="number_of_reviews")
+    frame = load_catalog(path, columns, reference=True)
+    assert frame.height == pl.read_csv(path, infer_schema=False).height == 694
+    assert (frame["status"] == "ok").mean() > 0.95
+    assert frame["text"].str.len_chars().max() <= CleaningConfig().max_text_chars
+    assert not frame["text"].str.contains("  ").any()

@@ -1,0 +1,32 @@
+# enrich: `make setup && make demo`, then `make test`. `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAMPLE := enrich/sample_data
+OUT := out
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: ## make .venv: torch 2.13.0 (CPU wheel) first, then enrich and its pinned dependencies
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	@$(BIN)/enrich --help >/dev/null && echo "setup done: $(BIN)/enrich is ready"
+
+demo: ## index the bundled 1,000 reference listings, enrich the 200 new ones into out/demo.parquet
+	$(BIN)/enrich index $(SAMPLE)/reference.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/sample-index
+	$(BIN)/enrich run $(SAMPLE)/new.csv --index $(OUT)/sample-index --columns $(SAMPLE)/columns.toml --out $(OUT)/demo.parquet
+	@$(BIN)/python -c "import polars as pl; pl.Config(tbl_rows=5, fmt_str_lengths=60, tbl_width_chars=160); \
+	print(pl.read_parquet('$(OUT)/demo.parquet').select('id', 'category', 'category_score', 'exposure_prior', \
+	'exposure_prior_low', 'exposure_prior_high', 'prior_evidence').head(5))"
+
+test: ## the test suite (the default run: no GPU, no network, under a few minutes)
+	$(BIN)/python -m pytest -q
+
+bench: ## the benchmark table on ../shared/data/amazon_uk_toys (out/bench.md, out/bench.json)
+	$(BIN)/python -m enrich.bench --catalog ../shared/data/amazon_uk_toys/catalog.csv --out $(OUT)
