@@ -106,3 +106,19 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     (tmp_path / "new.csv").write_text("id,title\n1,Toy\n")
     code, err = run_cli(capsys, "run", tmp_path / "new.csv", "--index", tmp_path / "nothing", "--out", tmp_path / "o.parquet")
     assert code == 2 and "not an enrich index" in err
+
+
+def test_refused_reference_rows_are_listed_beside_the_index(tmp_path, encoder, sample, sample_columns):
+    reference = pl.read_csv(sample["reference"], infer_schema=False).head(60)
+    reference = reference.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("n/a")).otherwise(pl.col("number_of_reviews")).alias("number_of_reviews"),
+        pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("")).otherwise(pl.col("product_name")).alias("product_name"),
+    )
+    reference.write_csv(tmp_path / "reference.csv")
+    summary = build_index(tmp_path / "reference.csv", tmp_path / "index", sample_columns, progress=False, encoder=encoder)
+    assert (summary.rows, summary.ok) == (60, 58)
+    refused = pl.read_parquet(tmp_path / "index" / "refused.parquet")
+    assert refused["row"].to_list() == [4, 8]
+    assert refused["status"].to_list() == ["refused: row 4 field 'number_of_reviews': engagement 'n/a' is not a number",
+                                           "refused: row 8 field 'product_name': empty title"]
+    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["counts"]["refused"] == 2
