@@ -6,7 +6,7 @@ SAMPLE := enrich/sample_data
 OUT := out
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test bench
+.PHONY: help setup demo test eval bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -21,12 +21,15 @@ setup: ## make .venv: torch 2.13.0 (CPU wheel) first, then enrich and its pinned
 demo: ## index the bundled 1,000 reference listings, enrich the 200 new ones into out/demo.parquet
 	$(BIN)/enrich index $(SAMPLE)/reference.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/sample-index
 	$(BIN)/enrich run $(SAMPLE)/new.csv --index $(OUT)/sample-index --columns $(SAMPLE)/columns.toml --out $(OUT)/demo.parquet
-	@$(BIN)/python -c "import polars as pl; pl.Config(tbl_rows=5, fmt_str_lengths=60, tbl_width_chars=160); \
-	print(pl.read_parquet('$(OUT)/demo.parquet').select('id', 'category', 'category_score', 'exposure_prior', \
+	@$(BIN)/python -c "import polars as pl; pl.Config(tbl_rows=5, fmt_str_lengths=70, tbl_width_chars=150); \
+	print(pl.read_parquet('$(OUT)/demo.parquet').select('category', 'category_score', 'exposure_prior', \
 	'exposure_prior_low', 'exposure_prior_high', 'prior_evidence').head(5))"
 
 test: ## the test suite (the default run: no GPU, no network, under a few minutes)
 	$(BIN)/python -m pytest -q
+
+eval: ## hold out 20% of ../shared/data/amazon_uk_toys/catalog.csv, enrich and score it (out/eval/)
+	$(BIN)/enrich eval ../shared/data/amazon_uk_toys/catalog.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/eval
 
 bench: ## the benchmark table on ../shared/data/amazon_uk_toys (out/bench.md, out/bench.json)
 	$(BIN)/python -m enrich.bench --catalog ../shared/data/amazon_uk_toys/catalog.csv --out $(OUT)

@@ -34,7 +34,7 @@ class Columns:
     title: str = "title"  # product title; a row without one is refused
     brand: str | None = "brand"  # manufacturer or brand; optional column
     text: tuple[str, ...] = ("description",)  # extra text columns (description, bullet points), optional
-    category: str | None = "category"  # category path "A > B > C" where known; optional
+    category: str | tuple[str, ...] | None = "category"  # path "A > B > C", or its level columns in order
     engagement: str | None = "engagement"  # orders / reviews / clicks; required in a reference catalog
 
     @classmethod
@@ -61,6 +61,8 @@ class Columns:
                 continue
             if key == "text":
                 value = tuple(v for v in ([value] if isinstance(value, str) else value) if v)
+            elif key == "category" and not isinstance(value, str):
+                value = tuple(v for v in value if v) or None
             elif value == "" and key not in ("id", "title"):
                 value = None
             clean[key] = value
@@ -142,7 +144,8 @@ def _check_columns(frame: pl.DataFrame, columns: Columns, path: Path, need_engag
     defaults = Columns()
     optional = {"brand": (columns.brand, defaults.brand)}
     # New listings rarely come with a category; a reference catalog that names one must have it.
-    optional["category"] = (columns.category, defaults.category if need_engagement else columns.category)
+    for name in _category_columns(columns):
+        optional[f"category ({name})"] = (name, defaults.category if need_engagement else name)
     optional.update({"text": (c, c if c in defaults.text else None) for c in columns.text})
     present = set(frame.columns)
     for role, name in wanted.items():
@@ -154,7 +157,13 @@ def _check_columns(frame: pl.DataFrame, columns: Columns, path: Path, need_engag
     # An optional role left at its default name may be absent; one the user named must exist.
     for role, (name, default) in optional.items():
         if name and name not in present and name != default:
-            raise CatalogError(f"{path}: no column '{name}' for the {role} (columns are: {', '.join(frame.columns)})")
+            raise CatalogError(f"{path}: no column '{name}' for the {role.split(' ')[0]} (columns are: {', '.join(frame.columns)})")
+
+
+def _category_columns(columns: Columns) -> list[str]:
+    if not columns.category:
+        return []
+    return [columns.category] if isinstance(columns.category, str) else list(columns.category)
 
 
 def load_catalog(
@@ -185,7 +194,7 @@ def load_catalog(
         _clean(col(columns.title), form).alias("title"),
         _clean(col(columns.brand), form).alias("brand"),
         _clean(text, form).alias("text"),
-        _clean(col(columns.category), form).alias("category"),
+        _clean(_category_path(raw, columns), form).alias("category"),
         engagement_raw.str.strip_chars().alias("engagement_raw"),
         pl.lit("").alias("notes"),
     )
@@ -198,11 +207,22 @@ def load_catalog(
     )
     first_row = frame.group_by("id").agg(pl.col("row").min().alias("first_row"))
     frame = frame.join(first_row, on="id", how="left").sort("row")
-    checked = [c for c in [columns.id, columns.title, columns.brand, *text_cols, columns.category] if c]
+    checked = [c for c in [columns.id, columns.title, columns.brand, *text_cols, *_category_columns(columns)] if c]
     if reference:
         checked.append(columns.engagement)
     frame = frame.with_columns(_status(raw, checked, columns, reference, bad_bytes).alias("status"))
     return frame.select(STANDARD_COLUMNS)
+
+
+def _category_path(raw: pl.DataFrame, columns: Columns) -> pl.Expr:
+    """One category column as it is, or level columns joined into "A > B > C", empty levels skipped."""
+    names = [name for name in _category_columns(columns) if name in raw.columns]
+    if not names:
+        return pl.lit(None, dtype=pl.String)
+    if len(names) == 1:
+        return pl.col(names[0])
+    levels = pl.concat_list([pl.col(name).fill_null("").str.strip_chars() for name in names])
+    return levels.list.eval(pl.element().filter(pl.element() != "")).list.join(" > ")
 
 
 def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: bool, bad_bytes: bool) -> pl.Expr:

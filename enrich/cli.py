@@ -17,14 +17,15 @@ def _column_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--title-col", help="title column (default: title)")
     group.add_argument("--brand-col", help="brand / manufacturer column (default: brand)")
     group.add_argument("--text-cols", help="comma-separated extra text columns (default: description)")
-    group.add_argument("--category-col", help="category path column, 'A > B > C' (default: category)")
+    group.add_argument("--category-col", help="category path column 'A > B > C', or its level columns: a,b,c (default: category)")
     group.add_argument("--engagement-col", help="engagement column: orders, reviews, clicks (default: engagement)")
 
 
 def _columns(args: argparse.Namespace) -> Columns:
     columns = Columns.from_file(args.columns) if args.columns else Columns()
     return columns.updated(
-        source="flags", id=args.id_col, title=args.title_col, brand=args.brand_col, category=args.category_col,
+        source="flags", id=args.id_col, title=args.title_col, brand=args.brand_col,
+        category=args.category_col.split(",") if args.category_col and "," in args.category_col else args.category_col,
         engagement=args.engagement_col, text=args.text_cols.split(",") if args.text_cols is not None else None,
     )
 
@@ -48,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--neighbors", type=int, help="neighbours written per listing (default 10)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(run)
+    evaluate = commands.add_parser("eval", help="hold listings out of a catalog, enrich them, score them beside baselines")
+    evaluate.add_argument("catalog", help="catalog with known categories and engagement")
+    evaluate.add_argument("--out", default="out/eval", help="folder for eval.md, eval.json and the plots (default out/eval)")
+    evaluate.add_argument("--holdout", type=float, default=0.2, help="share held out as new listings (default 0.2)")
+    evaluate.add_argument("--seed", type=int, default=0, help="random split seed (default 0)")
+    evaluate.add_argument("--date-col", help="a date column: hold out the latest listings instead (time split)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    _column_flags(evaluate)
+
+    explain = commands.add_parser("explain", help="why one listing got its category, neighbours and prior")
+    explain.add_argument("id", help="the listing's id")
+    explain.add_argument("--input", required=True, help="the new listings file that holds it")
+    explain.add_argument("--index", required=True, help="index folder from `enrich index`")
+    _column_flags(explain)
     return parser
 
 
@@ -56,13 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so `enrich --help` answers at once; torch and transformers take seconds to load.
     from enrich.pipeline import EnrichConfig, build_index, enrich
 
-    progress = not args.quiet
+    progress = not getattr(args, "quiet", True)
     try:
         columns = _columns(args)
         if args.command == "index":
             summary = build_index(args.reference, args.out, columns, progress=progress)
             lines = summary.lines("indexed") + [f"  embeddings reused from the earlier build: {summary.reused_embeddings}",
                                                 f"index written to {args.out}"]
+        elif args.command == "eval":
+            from enrich.evaluate import EvalConfig, evaluate, write_report
+
+            evaluation = evaluate(args.catalog, columns, EvalConfig(holdout=args.holdout, seed=args.seed, date_column=args.date_col),
+                                  progress=progress)
+            print(evaluation.markdown())
+            written = write_report(evaluation, args.out)
+            lines = [f"report written to {', '.join(str(p) for p in written)}"]
+        elif args.command == "explain":
+            from enrich.explain import explain
+
+            print(explain(args.id, args.input, args.index, columns))
+            lines = []
         else:
             config = EnrichConfig()
             if args.neighbors:
@@ -73,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except CatalogError as e:
         print(f"enrich: error: {e}", file=sys.stderr)
         return 2
-    print("\n".join(lines), file=sys.stderr)
+    if lines:
+        print("\n".join(lines), file=sys.stderr)
     return 0
 
 

@@ -185,11 +185,27 @@ def build_index(
 ) -> Summary:
     """Embed the reference catalog, build the hnswlib index and fit the prior; write them to `out_dir`."""
     started = time.perf_counter()
-    out_dir = Path(out_dir)
     frame = load_catalog(reference_path, columns, config.cleaning, reference=True)
+    return build_index_from_frame(frame, out_dir, source=str(reference_path), columns=columns, config=config,
+                                  progress=progress, encoder=encoder, started=started)
+
+
+def build_index_from_frame(
+    frame: pl.DataFrame,
+    out_dir: str | Path,
+    source: str,
+    columns: Columns = Columns(),
+    config: EnrichConfig = EnrichConfig(),
+    progress: bool = True,
+    encoder: Encoder | None = None,
+    started: float | None = None,
+) -> Summary:
+    """`build_index` for a catalog already loaded with `load_catalog(..., reference=True)`."""
+    started = started or time.perf_counter()
+    out_dir = Path(out_dir)
     ok = frame.filter(pl.col("status") == "ok")
     if ok.height == 0:
-        raise CatalogError(f"{reference_path}: no usable reference listings ({frame.height} rows, all refused)")
+        raise CatalogError(f"{source}: no usable reference listings ({frame.height} rows, all refused)")
     encoder = encoder or Encoder(config.encoder)
     texts = listing_texts(ok)
     hashes = text_hashes(texts, _embedding_cache_key(encoder))
@@ -217,7 +233,7 @@ def build_index(
     manifest = {
         "format": INDEX_FORMAT,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": str(reference_path),
+        "source": source,
         "columns": asdict(columns),
         "config": asdict(config),
         "encoder": encoder.describe(),
@@ -279,23 +295,40 @@ OUTPUT_SCHEMA = {
 }
 
 
+@dataclass
+class Found:
+    """A batch of listings' candidates in the index and the evidence the prior reads."""
+
+    vectors: np.ndarray
+    positions: np.ndarray
+    sims: np.ndarray
+    evidence: Evidence
+
+
+def find_evidence(listings: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, k: int, progress: bool = False) -> Found:
+    """Embed usable listings, retrieve k candidates each, and gather the prior's evidence."""
+    texts = listing_texts(listings)
+    vectors = encoder.encode(texts, progress=progress, desc="embedding new listings")
+    positions, sims = index.neighbors.search(vectors, k)
+    lexical_rows = index.lexical.transform(texts)
+    evidence = Evidence(
+        neighbor_engagement=index.engagement[positions], sims=sims,
+        lexical_sims=pairwise_cosine(lexical_rows, index.lexical_matrix, positions),
+        brands=[brand_key(b) for b in listings["brand"].to_list()],
+        text_features=sp.hstack([lexical_rows, sp.csr_matrix(vectors)]).tocsr(),
+    )
+    return Found(vectors, positions, sims, evidence)
+
+
 def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig = EnrichConfig(),
                  progress: bool = False) -> pl.DataFrame:
     """The output table for a standard catalog frame: one row per input row, in input order."""
     ok_mask = (frame["status"] == "ok").to_numpy()
     ok = frame.filter(pl.Series(ok_mask))
-    texts = listing_texts(ok)
-    vectors = encoder.encode(texts, progress=progress, desc="embedding new listings")
-    k = config.index.candidates
-    positions, sims = index.neighbors.search(vectors, k)
-    lexical_rows = index.lexical.transform(texts)
+    found = find_evidence(ok, index, encoder, config.index.candidates, progress)
+    positions, sims = found.positions, found.sims
     votes = vote(index.categories[positions], sims, config.vote)
-    estimate = index.prior.predict(Evidence(
-        neighbor_engagement=index.engagement[positions], sims=sims,
-        lexical_sims=pairwise_cosine(lexical_rows, index.lexical_matrix, positions),
-        brands=[brand_key(b) for b in ok["brand"].to_list()],
-        text_features=sp.hstack([lexical_rows, sp.csr_matrix(vectors)]).tocsr(),
-    ))
+    estimate = index.prior.predict(found.evidence)
     chosen = np.take_along_axis(positions, votes.order, 1)
     chosen_sims = np.take_along_axis(sims, votes.order, 1)
     enriched = pl.DataFrame({

@@ -39,6 +39,17 @@ def path_levels(path: str) -> list[str]:
     return [level.strip() for level in path.split(PATH_SEPARATOR) if level.strip()]
 
 
+def category_shares(categories: np.ndarray, sims: np.ndarray, temperature: float) -> dict[str, float]:
+    """Each path's share of one listing's similarity-weighted vote, largest first."""
+    weights = np.exp((sims - sims[:1]) / temperature)
+    shares: dict[str, float] = defaultdict(float)
+    for path, weight in zip(categories, weights):
+        if path:
+            shares[path] += float(weight)
+    total = sum(shares.values())
+    return {path: w / total for path, w in sorted(shares.items(), key=lambda item: -item[1])}
+
+
 def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig = VoteConfig()) -> Votes:
     """`candidate_categories[i, j]`: category path of listing i's j-th candidate (None if unknown)."""
     n, k = sims.shape
@@ -48,15 +59,8 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
         result.category, result.category_score = [None] * n, [None] * n
         result.tags, result.tag_scores = [[] for _ in range(n)], [[] for _ in range(n)]
         return result
-    weights = np.exp((sims - sims[:, :1]) / config.temperature)
     for i in range(n):
-        shares: dict[str, float] = defaultdict(float)
-        for path, weight in zip(candidate_categories[i], weights[i]):
-            if path:
-                shares[path] += weight
-        total = sum(shares.values())
-        for path in shares:
-            shares[path] /= total
+        shares = category_shares(candidate_categories[i], sims[i], config.temperature)
         share_of = np.array([shares.get(path, 0.0) if path else 0.0 for path in candidate_categories[i]])
         result.order[i] = np.argsort(-(sims[i] + config.rerank_weight * share_of), kind="stable")[:top_k]
         if not shares:

@@ -123,9 +123,19 @@ def test_write_table_is_atomic_and_writes_lists_into_csv(tmp_path):
 def test_a_second_real_catalog_loads_with_column_flags_only(amazon_catalog):
     path = amazon_catalog.parent / "with_descriptions.csv"
     columns = Columns(id="product_id", title="product_name", brand="manufacturer",
-                      text=("product_description", "product_information"), category=None, engagement="number_of_reviews")
+                      text=("product_description", "product_information"), engagement="number_of_reviews",
+                      category=("category", "subcategory_1", "subcategory_2", "subcategory_3", "subcategory_4"))
     frame = load_catalog(path, columns, reference=True)
     assert frame.height == pl.read_csv(path, infer_schema=False).height == 694
     assert (frame["status"] == "ok").mean() > 0.95
     assert frame["text"].str.len_chars().max() <= CleaningConfig().max_text_chars
     assert not frame["text"].str.contains("  ").any()
+    assert frame["category"][0] == "Hobbies > Model Trains & Railway Sets > Lighting & Signal Engineering > Lamps & Lighting"
+
+
+def test_category_from_level_columns(tmp_path):
+    rows = {"id": ["1", "2"], "title": ["Lamp post", "Driver figure"], "top": ["Hobbies", "Hobbies"],
+            "sub1": ["Model Trains", "Model Trains"], "sub2": ["Lighting", ""], "engagement": ["1", "2"]}
+    frame = load_catalog(write_rows(tmp_path / "levels.csv", rows), Columns().updated(category=["top", "sub1", "sub2"]),
+                         reference=True)
+    assert frame["category"].to_list() == ["Hobbies > Model Trains > Lighting", "Hobbies > Model Trains"]

@@ -1,0 +1,54 @@
+"""`enrich explain ID`: why one listing got its category, neighbours and prior."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from enrich.catalog import CatalogError, Columns, load_catalog
+from enrich.pipeline import EnrichConfig, ReferenceIndex, encoder_for, find_evidence
+from enrich.prior import FEATURES
+from enrich.tags import category_shares, vote
+
+
+def explain(listing_id: str, new_path: str | Path, index_dir: str | Path, columns: Columns = Columns(),
+            config: EnrichConfig = EnrichConfig(), alternatives: int = 5) -> str:
+    frame = load_catalog(new_path, columns, config.cleaning, reference=False)
+    rows = frame.filter(pl.col("id") == listing_id)
+    if rows.height == 0:
+        raise CatalogError(f"{new_path}: no listing with id '{listing_id}'")
+    listing = rows.row(0, named=True)
+    lines = [f"listing {listing['id']} (row {listing['row']}): {listing['title']}" + (f" | {listing['brand']}" if listing["brand"] else "")]
+    if listing["status"] != "ok":
+        return "\n".join(lines + [f"not enriched: {listing['status']}"])
+    encoder = encoder_for(index_dir)
+    index = ReferenceIndex.load(index_dir, encoder)
+    found = find_evidence(rows.head(1), index, encoder, index.neighbors.config.candidates)
+    positions, sims = found.positions[0], found.sims[0]
+    votes = vote(index.categories[positions][None, :], sims[None, :], config.vote)
+    shares = category_shares(index.categories[positions], sims, config.vote.temperature)
+
+    lines += ["", f"category: {votes.category[0]} (score {votes.category_score[0] or 0:.2f}); alternatives by vote share:"]
+    lines += [f"  {share:6.1%}  {path}" for path, share in list(shares.items())[:alternatives]]
+
+    reference = index.reference
+    lines += ["", "neighbours (in output order): cosine, engagement, category, title"]
+    for j in votes.order[0]:
+        ref = reference.row(int(positions[j]), named=True)
+        lines.append(f"  {sims[j]:.3f}  {ref['engagement']:>8g}  {ref['category'] or '-'}  |  {ref['title']}")
+
+    prior = index.prior
+    estimate = prior.predict(found.evidence)
+    features = prior.features(found.evidence)[0]
+    contributions = np.array(prior.coef) * features
+    lines += ["", f"exposure prior: {estimate.expected[0]:.2f} (80% interval {estimate.low[0]:.2f} to {estimate.high[0]:.2f}),"
+              f" evidence {estimate.evidence[0]:.2f} reference listings' worth",
+              f"  on the log scale, log1p(engagement): {estimate.log_mean[0]:.3f} = intercept {prior.intercept:.3f}"
+              " + the sum of weight x value:"]
+    for name, value, weight, part in sorted(zip(FEATURES, features, prior.coef, contributions), key=lambda r: -abs(r[3])):
+        lines.append(f"  {part:+.3f}  {name:<16} value {value:8.3f}  x weight {weight:+.3f}")
+    lines.append(f"  the reference catalog's mean is {prior.global_mean:.3f} (engagement {np.expm1(prior.global_mean):.2f});"
+                 f" neighbours are shrunk toward it with a pseudo-count of {prior.shrink:g}")
+    return "\n".join(lines)

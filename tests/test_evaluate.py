@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from enrich.cli import main
+from enrich.evaluate import EvalConfig, evaluate, exposure_shares, split_catalog, tag_metrics, write_report
+
+
+def test_tag_metrics_per_level():
+    predicted = ["A > B > C", "A > B > D", "X > Y", None]
+    truth = ["A > B > C", "A > B > C", "A > Z", "A > B"]
+    metrics = tag_metrics(predicted, truth)
+    assert metrics["level 1"]["accuracy"] == 0.5
+    assert metrics["level 2"]["accuracy"] == 0.5
+    assert metrics["level 3"] == {"n": 2, "accuracy": 0.5, "weighted_f1": pytest.approx(2 / 3), "macro_f1": pytest.approx(2 / 3)}
+    assert metrics["full path"]["accuracy"] == 0.25
+
+
+def test_exposure_goes_to_new_listings_only_when_they_are_scored():
+    reference = np.array([100.0, 50, 10, 5, 1, 0])
+    truth = np.array([80.0, 0])
+    shares = exposure_shares(reference, {"unseen": np.zeros(2), "prior": np.array([60.0, 0.5])}, truth, 1.0, slate=4)
+    assert shares["unseen"]["new_listings_share"] == 0
+    assert shares["prior"]["new_listings_shown"] == 1 and shares["prior"]["mean_engagement_of_new_shown"] == 80
+
+
+def test_time_split_holds_out_the_latest(sample_columns):
+    frame = pl.DataFrame({"id": list("abcde"), "status": ["ok"] * 5})
+    dates = pl.Series(["2024-05-01", "2024-01-01", "2024-03-01", "2024-02-01", "2024-04-01"]).str.to_datetime()
+    reference, held_out = split_catalog(frame, EvalConfig(holdout=0.4), dates)
+    assert sorted(held_out["id"].to_list()) == ["a", "e"] and reference.height == 3
+
+
+def test_eval_on_the_sample_writes_the_report(sample, sample_columns, encoder, tmp_path):
+    evaluation = evaluate(sample["reference"], sample_columns, EvalConfig(), progress=False, encoder=encoder)
+    m = evaluation.metrics
+    assert m["setup"]["held_out"] == 200 and evaluation.held_out.height == 200
+    assert set(m["priors"]["ranking"]) >= {"enrich", "TF-IDF nearest neighbours", "true category's mean", "random",
+                                           "popularity only (global mean)"}
+    assert 0.6 <= m["priors"]["interval_coverage"]["enrich"] <= 0.95
+    # On the sample, the prior ranks better than random and the vote-aware neighbours beat plain ones.
+    assert m["priors"]["ranking"]["enrich"]["spearman"] > m["priors"]["ranking"]["random"]["spearman"] + 0.1
+    assert m["neighbors"]["precision@10"]["enrich"] > m["neighbors"]["precision@10"]["MiniLM nearest neighbours"]
+    written = write_report(evaluation, tmp_path)
+    assert {p.name for p in written} == {"eval.md", "eval.json", "held_out.parquet", "calibration.png", "prior_vs_truth.png", "long_tail.png"}
+    assert json.loads((tmp_path / "eval.json").read_text())["setup"]["reference"] == 800
+    assert (tmp_path / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explain_names_neighbours_and_the_prior_parts(sample_index, sample, capsys):
+    folder, _ = sample_index
+    new_id = pl.read_csv(sample["new"], infer_schema=False)["uniq_id"][1]
+    assert main(["explain", new_id, "--input", str(sample["new"]), "--index", str(folder), "--columns", str(sample["columns"])]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"listing {new_id} (row 2): ")
+    assert "alternatives by vote share" in text and "neighbours (in output order)" in text
+    assert "text_model" in text and "brand_eb" in text and "80% interval" in text
+    assert main(["explain", "no-such-id", "--input", str(sample["new"]), "--index", str(folder),
+                 "--columns", str(sample["columns"])]) == 2
