@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(evaluate)
 
+    finetune = commands.add_parser("finetune", help="fine-tune the BERT tag classifier on a catalog with category paths")
+    finetune.add_argument("catalog", help="catalog with a category path per listing")
+    finetune.add_argument("--out", required=True, help="model folder (safetensors, labels, config, metrics); resumes if it holds a checkpoint")
+    finetune.add_argument("--quiet", action="store_true", help="no progress bars")
+    _column_flags(finetune)
+    from enrich.finetune import add_config_flags
+
+    add_config_flags(finetune)
+
     explain = commands.add_parser("explain", help="why one listing got its category, neighbours and prior")
     explain.add_argument("id", help="the listing's id")
     explain.add_argument("--input", required=True, help="the new listings file that holds it")
@@ -86,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             print(evaluation.markdown())
             written = write_report(evaluation, args.out)
             lines = [f"report written to {', '.join(str(p) for p in written)}"]
+        elif args.command == "finetune":
+            from enrich.finetune import config_from, finetune
+
+            metrics = finetune(args.catalog, args.out, columns, config_from(args), progress=progress)
+            lines = [f"fine-tuned on {metrics['train_rows']} listings in {metrics['seconds']:.0f} s ({metrics['epochs_run']} epochs,"
+                     f" best {metrics['best_epoch']}): validation accuracy {metrics['validation_accuracy']:.3f},"
+                     f" calibration error {metrics['calibration_error_before']:.3f} -> {metrics['calibration_error_after']:.3f}",
+                     f"model written to {args.out}"]
         elif args.command == "explain":
             from enrich.explain import explain
 
@@ -98,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference,
                              columns=columns, config=config, progress=progress)
             lines = summary.lines("enriched") + [f"output written to {args.out}"]
-    except CatalogError as e:
+    except (CatalogError, ValueError, FileNotFoundError) as e:
         print(f"enrich: error: {e}", file=sys.stderr)
         return 2
     if lines:

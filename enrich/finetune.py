@@ -1,0 +1,272 @@
+"""Fine-tune the tag classifier on a catalog with known category paths, with accelerate.
+
+Runs on the CPU here, on a GPU with mixed precision, and on several GPUs with `accelerate launch -m
+enrich.finetune CATALOG --out DIR`. The model is all-MiniLM-L6-v2 (a BERT) with a new head over the full
+paths seen in training. The long tail is handled on purpose:
+- every level of the hierarchy is trained: besides the leaf cross-entropy, each level's probability (the
+  sum of its leaves') gets its own loss, so rare leaves still teach their parents;
+- rare leaves are up-weighted (weight ~ count^-class_weight_power);
+- scores are calibrated by temperature scaling on the validation split, and the calibration error is saved.
+Seeded; early stopping on validation accuracy; a checkpoint after every epoch that a killed run resumes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from datasets import Dataset
+from scipy.optimize import minimize_scalar
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
+
+from enrich.catalog import Columns, listing_texts, load_catalog
+from enrich.embed import cpu_has_native_bf16, packaged_model_path
+from enrich.tagger import TAGGER_FILE, Hierarchy, Tagger, softmax
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Training settings; `make finetune ARGS="--epochs 3"` or `enrich finetune --epochs 3` override them."""
+
+    base_model: str | None = None  # a BERT folder; None: the packaged all-MiniLM-L6-v2
+    epochs: int = 6  # upper bound; early stopping usually ends sooner
+    batch_size: int = 32
+    learning_rate: float = 1e-4  # peak of the linear warm-up / decay schedule
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # share of steps spent warming up
+    max_length: int = 64  # tokens; titles are ~20, descriptions are cut
+    level_loss_weight: float = 0.5  # weight of each parent level's loss beside the leaf loss
+    class_weight_power: float = 0.5  # leaf weight ~ count^-power: 0 none, 1 inverse frequency
+    validation_share: float = 0.1  # held out for early stopping and calibration
+    patience: int = 2  # epochs without a better validation accuracy before stopping
+    min_level_score: float = 0.3  # predicted levels below this score are left off the tags
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else no
+
+
+def training_data(catalog: str | Path, columns: Columns, config: FinetuneConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Usable rows with a known category, split into train and validation (seeded)."""
+    frame = load_catalog(catalog, columns, reference=False)
+    frame = frame.filter((pl.col("status") == "ok") & pl.col("category").is_not_null())
+    if frame.height < 10:
+        raise ValueError(f"{catalog}: only {frame.height} usable rows with a category; fine-tuning needs more")
+    frame = frame.with_columns(pl.Series("text", listing_texts(frame)))
+    order = np.random.default_rng(config.seed).permutation(frame.height)
+    n_val = max(1, int(config.validation_share * frame.height))
+    return frame[np.sort(order[n_val:])], frame[np.sort(order[:n_val])]
+
+
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
+
+
+class HierarchicalLoss(torch.nn.Module):
+    """Weighted leaf cross-entropy plus, for each parent level, the NLL of the summed leaf probabilities."""
+
+    def __init__(self, hierarchy: Hierarchy, leaf_weights: np.ndarray, level_weight: float):
+        super().__init__()
+        self.register_buffer("leaf_weights", torch.tensor(leaf_weights, dtype=torch.float32))
+        self.matrices = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.tensor(hierarchy.level_matrix(d)), requires_grad=False)
+             for d in range(1, hierarchy.depth)])
+        self.targets = [torch.tensor(m) for m in hierarchy.membership[: hierarchy.depth - 1]]
+        self.level_weight = level_weight
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        loss = torch.nn.functional.cross_entropy(logits, labels, weight=self.leaf_weights)
+        if self.level_weight and len(self.matrices):
+            probabilities = logits.softmax(-1)
+            for matrix, targets in zip(self.matrices, self.targets):
+                level_targets = targets.to(labels.device)[labels]
+                keep = level_targets >= 0
+                if keep.any():
+                    level_log = torch.log((probabilities @ matrix).clamp_min(1e-9))
+                    loss = loss + self.level_weight * torch.nn.functional.nll_loss(level_log[keep], level_targets[keep])
+        return loss
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises validation NLL (Guo et al., 2017)."""
+    def nll(log_t: float) -> float:
+        p = softmax(logits / np.exp(log_t))
+        return float(-np.log(p[np.arange(len(labels)), labels] + 1e-12).mean())
+    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+
+
+def calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    confidence, predicted = probabilities.max(1), probabilities.argmax(1)
+    correct = predicted == labels
+    which = np.clip((confidence * bins).astype(int), 0, bins - 1)
+    return float(sum((which == b).mean() * abs(confidence[which == b].mean() - correct[which == b].mean())
+                     for b in range(bins) if (which == b).any()))
+
+
+def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Columns(), config: FinetuneConfig = FinetuneConfig(),
+             progress: bool = True, epochs_this_run: int | None = None) -> dict:
+    """Train, keeping the best epoch; resumes from out_dir's last checkpoint when one is there.
+
+    `epochs_this_run` stops after that many epochs with the checkpoint written (as a kill would, but
+    cleanly), for time-sliced jobs; a later call resumes.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    train, validation = training_data(catalog, columns, config)
+    labels = sorted(set(train["category"].to_list()) | set(validation["category"].to_list()))
+    label_id = {label: i for i, label in enumerate(labels)}
+    hierarchy = Hierarchy(labels)
+    counts = train["category"].value_counts()
+    count_of = dict(zip(counts["category"].to_list(), counts["count"].to_list()))
+    leaf_weights = np.array([max(count_of.get(label, 0), 1) ** -config.class_weight_power for label in labels])
+    leaf_weights = leaf_weights / (leaf_weights * np.array([count_of.get(l, 0) for l in labels])).sum() * train.height
+
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), cpu=not torch.cuda.is_available())
+    set_seed(config.seed)
+    base = config.base_model or packaged_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_id)
+
+    def dataset(frame: pl.DataFrame) -> Dataset:
+        data = Dataset.from_polars(frame.select("text", pl.col("category").replace_strict(label_id).alias("labels")))
+        return data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=config.max_length),
+                        batched=True, remove_columns=["text"])
+
+    train_data, validation_data = dataset(train), dataset(validation)
+    collate = DataCollatorWithPadding(tokenizer)
+    steps_per_epoch = -(-len(train_data) // config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * steps_per_epoch * config.epochs),
+                              num_training_steps=steps_per_epoch * config.epochs)
+    loss_fn = HierarchicalLoss(hierarchy, leaf_weights, config.level_loss_weight)
+    validation_loader = torch.utils.data.DataLoader(validation_data, batch_size=64, collate_fn=collate)
+    model, optimizer, scheduler, validation_loader = accelerator.prepare(model, optimizer, scheduler, validation_loader)
+    loss_fn.to(accelerator.device)
+
+    state = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "history": [], "config": asdict(config)}
+    checkpoints = out_dir / CHECKPOINTS
+    if (checkpoints / STATE_FILE).exists():
+        saved = json.loads((checkpoints / STATE_FILE).read_text())
+        if saved["config"] != asdict(config):
+            raise ValueError(f"{checkpoints} holds a run with another config; remove it or use another --out")
+        accelerator.load_state(str(checkpoints / "last"))
+        state = saved
+        accelerator.print(f"resuming after epoch {state['epoch']}")
+
+    first_epoch = state["epoch"] + 1
+    for epoch in range(first_epoch, config.epochs + 1):
+        if epoch - state["best_epoch"] > config.patience:
+            break
+        if epochs_this_run is not None and epoch - first_epoch >= epochs_this_run:
+            return {"stopped_after_epoch": state["epoch"], **state}
+        # The epoch's order depends only on seed and epoch, so a resumed run sees the same batches.
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(train_data)).tolist()
+        loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
+            train_data.select(order), batch_size=config.batch_size, collate_fn=collate))
+        model.train()
+        total = 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not progress or not accelerator.is_main_process,
+                   unit="batch", leave=False)
+        for batch in bar:
+            labels_batch = batch.pop("labels")
+            with accelerator.autocast():
+                logits = model(**batch).logits
+            loss = loss_fn(logits, labels_batch)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        val_logits, val_labels = _predict(model, validation_loader, accelerator)
+        accuracy = float((val_logits.argmax(1) == val_labels).mean())
+        state["history"].append({"epoch": epoch, "train_loss": total / max(len(loader), 1), "validation_accuracy": accuracy})
+        accelerator.print(f"epoch {epoch}: train loss {total / max(len(loader), 1):.4f}, validation accuracy {accuracy:.4f}")
+        if accuracy > state["best_accuracy"]:
+            state["best_accuracy"], state["best_epoch"] = accuracy, epoch
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model).save_pretrained(checkpoints / "best", safe_serialization=True)
+        state["epoch"] = epoch
+        accelerator.save_state(str(checkpoints / "last"))
+        if accelerator.is_main_process:
+            (checkpoints / STATE_FILE).write_text(json.dumps(state, indent=1))
+        accelerator.wait_for_everyone()
+
+    if not accelerator.is_main_process:
+        return state
+    best = AutoModelForSequenceClassification.from_pretrained(checkpoints / "best").to(accelerator.device)
+    val_logits, val_labels = _predict(best, validation_loader, accelerator)
+    temperature = fit_temperature(val_logits, val_labels)
+    metrics = {
+        "validation_accuracy": float((val_logits.argmax(1) == val_labels).mean()),
+        "validation_rows": len(val_labels),
+        "calibration_error_before": calibration_error(softmax(val_logits), val_labels),
+        "calibration_error_after": calibration_error(softmax(val_logits / temperature), val_labels),
+        "temperature": temperature,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "train_rows": train.height,
+        "seconds": round(time.perf_counter() - started, 1),
+        "history": state["history"],
+    }
+    info = {"config": asdict(config), "base_model": "all-MiniLM-L6-v2" if config.base_model is None else config.base_model,
+            "temperature": temperature, "min_level_score": config.min_level_score, "metrics": metrics,
+            "label_counts": {label: int(count_of.get(label, 0)) for label in labels},
+            "mixed_precision": accelerator.mixed_precision, "source": str(catalog), "columns": asdict(columns)}
+    Tagger(best.cpu(), tokenizer, info).save(out_dir)
+    shutil.rmtree(checkpoints / "best", ignore_errors=True)
+    return metrics
+
+
+@torch.inference_mode()
+def _predict(model, loader, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        target = batch.pop("labels")
+        with accelerator.autocast():
+            out = model(**batch).logits.float()
+        out, target = accelerator.gather_for_metrics((out, target))
+        logits.append(out.cpu().numpy())
+        labels.append(target.cpu().numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per FinetuneConfig field, defaults from the dataclass."""
+    group = parser.add_argument_group("training (FinetuneConfig)")
+    for f in fields(FinetuneConfig):
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default: {f.default}")
+
+
+def config_from(args: argparse.Namespace) -> FinetuneConfig:
+    chosen = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if getattr(args, f.name, None) is not None}
+    return FinetuneConfig(**chosen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m enrich.finetune` / `accelerate launch -m enrich.finetune`: the same as `enrich finetune`."""
+    from enrich.cli import main as cli_main
+
+    return cli_main(["finetune", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

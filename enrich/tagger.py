@@ -1,0 +1,144 @@
+"""The fine-tuned tag classifier: load, save, predict.
+
+A BertForSequenceClassification over full category paths (the leaves seen in training). Every level of
+the hierarchy is read off the same distribution, a prefix's probability being the sum of its leaves', so
+the predicted levels are always consistent with each other. Scores are temperature-calibrated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+from enrich.embed import resolve_device_and_dtype, EncoderConfig  # noqa: E402
+from enrich.tags import PATH_SEPARATOR, path_levels  # noqa: E402
+
+TAGGER_FILE = "tagger.json"
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One level of a predicted path: its full prefix, depth (1 = top level) and probability."""
+
+    path: str
+    level: int
+    score: float
+
+    @property
+    def name(self) -> str:
+        return path_levels(self.path)[-1]
+
+
+class Hierarchy:
+    """The leaves (full paths) and, per depth, which prefix each leaf falls under."""
+
+    def __init__(self, leaves: list[str]):
+        self.leaves = list(leaves)
+        self.depth = max((len(path_levels(p)) for p in leaves), default=0)
+        self.prefixes: list[list[str]] = []
+        self.prefix_index: list[dict[str, int]] = []
+        self.membership: list[np.ndarray] = []  # per depth: (leaves,) index of the leaf's prefix, -1 if shallower
+        for d in range(1, self.depth + 1):
+            names = sorted({PATH_SEPARATOR.join(path_levels(p)[:d]) for p in leaves if len(path_levels(p)) >= d})
+            where = {name: i for i, name in enumerate(names)}
+            self.prefixes.append(names)
+            self.prefix_index.append(where)
+            self.membership.append(np.array(
+                [where.get(PATH_SEPARATOR.join(path_levels(p)[:d]), -1) if len(path_levels(p)) >= d else -1 for p in leaves]))
+
+    def level_matrix(self, depth: int) -> np.ndarray:
+        """(leaves, prefixes at depth) 0/1 matrix: leaf probabilities @ it = prefix probabilities."""
+        member = self.membership[depth - 1]
+        matrix = np.zeros((len(self.leaves), len(self.prefixes[depth - 1])), np.float32)
+        rows = np.flatnonzero(member >= 0)
+        matrix[rows, member[rows]] = 1.0
+        return matrix
+
+
+class Tagger:
+    """Predicts category paths with per-level scores for listing texts."""
+
+    def __init__(self, model, tokenizer, info: dict, device: str = "cpu"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.info = info
+        self.device = device
+        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.hierarchy = Hierarchy(self.labels)
+        self.temperature = float(info.get("temperature", 1.0))
+        self.max_length = int(info["config"]["max_length"])
+        self.min_level_score = float(info.get("min_level_score", 0.0))
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "auto") -> "Tagger":
+        folder = Path(folder)
+        if not (folder / TAGGER_FILE).exists():
+            raise FileNotFoundError(f"{folder}: not an enrich tagger (no {TAGGER_FILE}); train one with `enrich finetune`")
+        info = json.loads((folder / TAGGER_FILE).read_text())
+        device, _ = resolve_device_and_dtype(EncoderConfig(device=device, precision="fp32"))
+        model = AutoModelForSequenceClassification.from_pretrained(folder).to(device)
+        return cls(model, AutoTokenizer.from_pretrained(folder), info, device)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        (folder / TAGGER_FILE).write_text(json.dumps(self.info, indent=1))
+
+    @torch.inference_mode()
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.labels)), np.float32)
+        if not texts:
+            return out
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt").to(self.device)
+            out[idx] = self.model(**batch).logits.float().cpu().numpy()
+        return out
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """Calibrated leaf probabilities, (texts, labels)."""
+        return softmax(self.logits(texts) / self.temperature)
+
+    def predict(self, texts: list[str]) -> list[list[Tag]]:
+        """Per text, the most probable path's levels with their scores, top level first.
+
+        Levels whose score falls below `min_level_score` are left off: an uncertain leaf falls back to
+        its parent rather than guessing.
+        """
+        return self.tags_from_probabilities(self.probabilities(texts))
+
+    def tags_from_probabilities(self, leaf_probabilities: np.ndarray, labels: list[str] | None = None) -> list[list[Tag]]:
+        labels = labels or self.labels
+        hierarchy = self.hierarchy if labels is self.labels else Hierarchy(labels)
+        level_scores = [leaf_probabilities @ hierarchy.level_matrix(d) for d in range(1, hierarchy.depth + 1)]
+        result = []
+        for i, best in enumerate(leaf_probabilities.argmax(1)):
+            levels = path_levels(labels[best])
+            tags = []
+            for d in range(1, len(levels) + 1):
+                prefix = PATH_SEPARATOR.join(levels[:d])
+                score = float(level_scores[d - 1][i, hierarchy.prefix_index[d - 1][prefix]])
+                if d > 1 and score < self.min_level_score:
+                    break
+                tags.append(Tag(prefix, d, score))
+            result.append(tags)
+        return result
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

@@ -1,0 +1,81 @@
+"""Fine-tuning with a tiny randomly initialised BERT (hidden 32, 2 layers): fast, and no big weights."""
+
+import numpy as np
+import polars as pl
+import pytest
+from safetensors.numpy import load_file
+from transformers import AutoTokenizer, BertConfig, BertModel, set_seed
+
+from enrich.embed import packaged_model_path
+from enrich.finetune import FinetuneConfig, finetune
+from enrich.tagger import Tagger
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_path())
+    set_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def small_catalog(tmp_path_factory, sample):
+    path = tmp_path_factory.mktemp("catalog") / "train.csv"
+    frame = pl.read_csv(sample["reference"], infer_schema=False).filter(pl.col("amazon_category_and_sub_category").is_not_null())
+    top = frame["amazon_category_and_sub_category"].value_counts(sort=True).head(8)["amazon_category_and_sub_category"]
+    frame.filter(pl.col("amazon_category_and_sub_category").is_in(top.implode())).write_csv(path)
+    return path
+
+
+def config(tiny_bert, **changes):
+    settings = dict(base_model=tiny_bert, epochs=4, batch_size=16, learning_rate=1e-2, max_length=32, patience=5,
+                    warmup_ratio=0.0, mixed_precision="no")
+    return FinetuneConfig(**{**settings, **changes})
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_loss_falls_and_the_model_round_trips(tiny_bert, small_catalog, sample_columns, tmp_path):
+    metrics = finetune(small_catalog, tmp_path / "model", sample_columns, config(tiny_bert), progress=False)
+    losses = [h["train_loss"] for h in metrics["history"]]
+    assert losses[-1] < losses[0] * 0.9
+    assert 0 < metrics["temperature"] and 0 <= metrics["calibration_error_after"] <= 1
+    tagger = Tagger.load(tmp_path / "model")
+    texts = ["LEGO Star Wars X-wing fighter | LEGO", "Balloon pump | Amscan"]
+    tagger.save(tmp_path / "copy")
+    again = Tagger.load(tmp_path / "copy")
+    assert np.allclose(tagger.probabilities(texts), again.probabilities(texts))
+    for tags in tagger.predict(texts):
+        assert tags and [t.level for t in tags] == list(range(1, len(tags) + 1))
+        assert all(b.path.startswith(a.path + " > ") for a, b in zip(tags, tags[1:]))
+        assert all(a.score >= b.score - 1e-6 for a, b in zip(tags, tags[1:]))  # a parent is at least as likely
+
+
+def test_same_seed_same_weights(tiny_bert, small_catalog, sample_columns, tmp_path):
+    cfg = config(tiny_bert, epochs=1)
+    finetune(small_catalog, tmp_path / "a", sample_columns, cfg, progress=False)
+    finetune(small_catalog, tmp_path / "b", sample_columns, cfg, progress=False)
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_run_matches_an_uninterrupted_one(tiny_bert, small_catalog, sample_columns, tmp_path):
+    cfg = config(tiny_bert, epochs=2)
+    finetune(small_catalog, tmp_path / "straight", sample_columns, cfg, progress=False)
+    stopped = finetune(small_catalog, tmp_path / "resumed", sample_columns, cfg, progress=False, epochs_this_run=1)
+    assert stopped["stopped_after_epoch"] == 1 and not (tmp_path / "resumed" / "model.safetensors").exists()
+    finetune(small_catalog, tmp_path / "resumed", sample_columns, cfg, progress=False)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resuming_with_another_config_is_refused(tiny_bert, small_catalog, sample_columns, tmp_path):
+    finetune(small_catalog, tmp_path / "m", sample_columns, config(tiny_bert, epochs=2), progress=False, epochs_this_run=1)
+    with pytest.raises(ValueError, match="another config"):
+        finetune(small_catalog, tmp_path / "m", sample_columns, config(tiny_bert, epochs=2, learning_rate=1e-3), progress=False)
