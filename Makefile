@@ -4,9 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE := enrich/sample_data
 OUT := out
+CATALOG ?= ../shared/data/amazon_uk_toys/catalog.csv
+ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test eval bench
+.PHONY: help setup demo finetune test eval bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -18,12 +20,17 @@ setup: ## make .venv: torch 2.13.0 (CPU wheel) first, then enrich and its pinned
 	$(BIN)/pip install --quiet -e '.[test]'
 	@$(BIN)/enrich --help >/dev/null && echo "setup done: $(BIN)/enrich is ready"
 
-demo: ## index the bundled 1,000 reference listings, enrich the 200 new ones into out/demo.parquet
-	$(BIN)/enrich index $(SAMPLE)/reference.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/sample-index
+demo: ## train a small tagger on the bundled sample (~1 min), index its 1,000 listings, enrich the 200 new ones
+	@test -f $(OUT)/sample-tagger/tagger.json || $(BIN)/enrich finetune $(SAMPLE)/reference.csv --columns $(SAMPLE)/columns.toml \
+		--out $(OUT)/sample-tagger --epochs 3 --learning-rate 2e-4 --max-length 32
+	$(BIN)/enrich index $(SAMPLE)/reference.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/sample-index --model $(OUT)/sample-tagger
 	$(BIN)/enrich run $(SAMPLE)/new.csv --index $(OUT)/sample-index --columns $(SAMPLE)/columns.toml --out $(OUT)/demo.parquet
 	@$(BIN)/python -c "import polars as pl; pl.Config(tbl_rows=5, fmt_str_lengths=70, tbl_width_chars=150); \
 	print(pl.read_parquet('$(OUT)/demo.parquet').select('category', 'category_score', 'exposure_prior', \
 	'exposure_prior_low', 'exposure_prior_high', 'prior_evidence').head(5))"
+
+finetune: ## fine-tune the tag classifier: make finetune [CATALOG=file.csv] [ARGS="--epochs 3 --columns map.toml"]
+	$(BIN)/enrich finetune $(CATALOG) --out $(OUT)/tagger $(if $(findstring --columns,$(ARGS)),,--columns $(SAMPLE)/columns.toml) $(ARGS)
 
 test: ## the test suite (the default run: no GPU, no network, under a few minutes)
 	$(BIN)/python -m pytest -q

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="embed a reference catalog and build its hnswlib index")
     index.add_argument("reference", help="reference catalog with engagement (.csv, .parquet, .jsonl)")
     index.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
+    index.add_argument("--model", help="a fine-tuned tagger folder (`enrich finetune`); `enrich run` uses it by default")
     index.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(index)
 
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--reference", help="reference catalog: build a temporary index first")
     run.add_argument("--out", required=True, help="output table: Parquet, or CSV when the name ends in .csv")
     run.add_argument("--neighbors", type=int, help="neighbours written per listing (default 10)")
+    run.add_argument("--model", help="a fine-tuned tagger folder; default: the index's, else the neighbours' vote alone")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(run)
     evaluate = commands.add_parser("eval", help="hold listings out of a catalog, enrich them, score them beside baselines")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         columns = _columns(args)
         if args.command == "index":
-            summary = build_index(args.reference, args.out, columns, progress=progress)
+            summary = build_index(args.reference, args.out, columns, progress=progress, tagger_dir=args.model)
             lines = summary.lines("indexed") + [f"  embeddings reused from the earlier build: {summary.reused_embeddings}",
                                                 f"index written to {args.out}"]
         elif args.command == "eval":
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.neighbors:
                 config = replace(config, vote=replace(config.vote, top_k=args.neighbors))
             summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference,
-                             columns=columns, config=config, progress=progress)
+                             columns=columns, config=config, progress=progress, tagger_dir=args.model)
             lines = summary.lines("enriched") + [f"output written to {args.out}"]
     except (CatalogError, ValueError, FileNotFoundError) as e:
         print(f"enrich: error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ from enrich.catalog import CatalogError, Columns, _read_raw, listing_texts, load
 from enrich.embed import Encoder
 from enrich.neighbors import exact_search, recall_at_k
 from enrich.pipeline import EnrichConfig, ReferenceIndex, build_index_from_frame, enrich_frame
+from enrich.tagger import Tagger
 from enrich.tags import PATH_SEPARATOR, path_levels
 
 BUCKETS = ("head", "torso", "tail")
@@ -174,7 +175,13 @@ def exposure_shares(reference_engagement: np.ndarray, new_scores: dict[str, np.n
 
 # -- the run -----------------------------------------------------------------------------------------
 def evaluate(catalog: str | Path, columns: Columns, config: EvalConfig = EvalConfig(),
-             enrich_config: EnrichConfig = EnrichConfig(), progress: bool = True, encoder: Encoder | None = None) -> Evaluation:
+             enrich_config: EnrichConfig = EnrichConfig(), progress: bool = True, encoder: Encoder | None = None,
+             tagger: Tagger | None = None) -> Evaluation:
+    """Split, index the reference part, enrich the held-out part, score it.
+
+    A `tagger` must have been trained on this split's reference part only (as `make bench` does), or its
+    figures are inflated by listings it has seen.
+    """
     started = time.perf_counter()
     catalog = Path(catalog)
     frame = load_catalog(catalog, columns, enrich_config.cleaning, reference=True)
@@ -187,9 +194,10 @@ def evaluate(catalog: str | Path, columns: Columns, config: EvalConfig = EvalCon
         build_index_from_frame(reference, Path(tmp) / "index", str(catalog), columns, enrich_config, progress, encoder)
         index = ReferenceIndex.load(Path(tmp) / "index", encoder)
         new = held_out.with_columns(pl.lit(None, dtype=pl.String).alias("category"), pl.lit(None, dtype=pl.Float64).alias("engagement"))
-        output = enrich_frame(new, index, encoder, enrich_config, progress)
+        output = enrich_frame(new, index, encoder, enrich_config, progress, tagger)
         metrics = _metrics(index, reference, held_out, output, encoder, config)
     metrics["setup"] = {
+        "tagger": None if tagger is None else tagger.info.get("source", "given"),
         "catalog": str(catalog), "rows": frame.height, "usable": reference.height + held_out.height,
         "reference": reference.height, "held_out": held_out.height,
         "split": f"time ({config.date_column}), latest {config.holdout:.0%} held out" if config.date_column

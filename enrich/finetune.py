@@ -43,9 +43,10 @@ class FinetuneConfig:
     """Training settings; `make finetune ARGS="--epochs 3"` or `enrich finetune --epochs 3` override them."""
 
     base_model: str | None = None  # a BERT folder; None: the packaged all-MiniLM-L6-v2
-    epochs: int = 6  # upper bound; early stopping usually ends sooner
+    epochs: int = 8  # upper bound; early stopping may end sooner
     batch_size: int = 32
-    learning_rate: float = 1e-4  # peak of the linear warm-up / decay schedule
+    learning_rate: float = 2e-4  # peak of the linear warm-up / decay schedule, for the BERT body
+    head_learning_rate: float = 3e-3  # the new classification head starts from scratch: a larger step
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1  # share of steps spent warming up
     max_length: int = 64  # tokens; titles are ~20, descriptions are cut
@@ -151,7 +152,10 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     train_data, validation_data = dataset(train), dataset(validation)
     collate = DataCollatorWithPadding(tokenizer)
     steps_per_epoch = -(-len(train_data) // config.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    head = [p for name, p in model.named_parameters() if name.startswith("classifier.")]
+    body = [p for name, p in model.named_parameters() if not name.startswith("classifier.")]
+    optimizer = torch.optim.AdamW([{"params": body, "lr": config.learning_rate}, {"params": head, "lr": config.head_learning_rate}],
+                                  weight_decay=config.weight_decay)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * steps_per_epoch * config.epochs),
                               num_training_steps=steps_per_epoch * config.epochs)
     loss_fn = HierarchicalLoss(hierarchy, leaf_weights, config.level_loss_weight)

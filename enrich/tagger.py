@@ -78,11 +78,15 @@ class Tagger:
         self.max_length = int(info["config"]["max_length"])
         self.min_level_score = float(info.get("min_level_score", 0.0))
 
+    @staticmethod
+    def check(folder: str | Path) -> None:
+        if not (Path(folder) / TAGGER_FILE).exists():
+            raise FileNotFoundError(f"{folder}: not an enrich tagger (no {TAGGER_FILE}); train one with `enrich finetune`")
+
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto") -> "Tagger":
         folder = Path(folder)
-        if not (folder / TAGGER_FILE).exists():
-            raise FileNotFoundError(f"{folder}: not an enrich tagger (no {TAGGER_FILE}); train one with `enrich finetune`")
+        cls.check(folder)
         info = json.loads((folder / TAGGER_FILE).read_text())
         device, _ = resolve_device_and_dtype(EncoderConfig(device=device, precision="fp32"))
         model = AutoModelForSequenceClassification.from_pretrained(folder).to(device)

@@ -22,6 +22,8 @@ class VoteConfig:
     temperature: float = 0.05  # weight exp((s - s_best) / T): a neighbour 0.05 less similar counts e^-1 as much
     rerank_weight: float = 1.0  # neighbour order key: cosine + rerank_weight * vote share of its category
     top_k: int = 10  # neighbours written per listing
+    classifier_weight: float = 0.7  # with a fine-tuned tagger: its share in the fused category distribution
+    classifier_top: int = 20  # the tagger's most probable paths that join the fusion (the rest carry ~0)
 
 
 @dataclass
@@ -50,8 +52,22 @@ def category_shares(categories: np.ndarray, sims: np.ndarray, temperature: float
     return {path: w / total for path, w in sorted(shares.items(), key=lambda item: -item[1])}
 
 
-def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig = VoteConfig()) -> Votes:
-    """`candidate_categories[i, j]`: category path of listing i's j-th candidate (None if unknown)."""
+@dataclass
+class ClassifierScores:
+    """A fine-tuned tagger's calibrated path probabilities for the same listings."""
+
+    labels: list[str]
+    probabilities: np.ndarray  # (n, labels)
+    min_level_score: float = 0.0  # levels scored below this are left off the tags
+
+
+def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig = VoteConfig(),
+         classifier: ClassifierScores | None = None) -> Votes:
+    """`candidate_categories[i, j]`: category path of listing i's j-th candidate (None if unknown).
+
+    With `classifier`, the category distribution is `classifier_weight` x the tagger's probabilities plus
+    the rest x the neighbours' vote, and it both names the category and re-orders the neighbours.
+    """
     n, k = sims.shape
     top_k = min(config.top_k, k)
     result = Votes([], [], [], [], np.zeros((n, top_k), np.int64))
@@ -59,8 +75,11 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
         result.category, result.category_score = [None] * n, [None] * n
         result.tags, result.tag_scores = [[] for _ in range(n)], [[] for _ in range(n)]
         return result
+    min_level_score = classifier.min_level_score if classifier else 0.0
     for i in range(n):
         shares = category_shares(candidate_categories[i], sims[i], config.temperature)
+        if classifier is not None:
+            shares = _fuse(shares, classifier, i, config)
         share_of = np.array([shares.get(path, 0.0) if path else 0.0 for path in candidate_categories[i]])
         result.order[i] = np.argsort(-(sims[i] + config.rerank_weight * share_of), kind="stable")[:top_k]
         if not shares:
@@ -76,8 +95,21 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
             sum(s for p, s in shares.items() if p == prefix or p.startswith(prefix + PATH_SEPARATOR))
             for prefix in prefixes
         ]
+        keep = 1  # the top level always; deeper levels while they are confident enough
+        while keep < len(scores) and scores[keep] >= min_level_score:
+            keep += 1
         result.category.append(best)
         result.category_score.append(float(shares[best]))
-        result.tags.append(levels)
-        result.tag_scores.append([float(min(s, 1.0)) for s in scores])
+        result.tags.append(levels[:keep])
+        result.tag_scores.append([float(min(s, 1.0)) for s in scores[:keep]])
     return result
+
+
+def _fuse(shares: dict[str, float], classifier: ClassifierScores, row: int, config: VoteConfig) -> dict[str, float]:
+    probabilities = classifier.probabilities[row]
+    fused: dict[str, float] = defaultdict(float)
+    for path, share in shares.items():
+        fused[path] += (1 - config.classifier_weight) * share
+    for j in np.argsort(-probabilities)[: config.classifier_top]:
+        fused[classifier.labels[j]] += config.classifier_weight * float(probabilities[j])
+    return dict(fused)

@@ -2,7 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from transformers import AutoTokenizer, BertConfig, BertModel, set_seed
+
 from enrich.catalog import Columns
+from enrich.embed import packaged_model_path
 from enrich.sample import sample_paths
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -33,6 +36,29 @@ def sample_index(tmp_path_factory, sample, sample_columns, encoder):
     folder = tmp_path_factory.mktemp("index") / "sample-index"
     summary = build_index(sample["reference"], folder, sample_columns, progress=False, encoder=encoder)
     return folder, summary
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_path())
+    set_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tmp_path_factory, tiny_bert, sample, sample_columns):
+    """A tagger fine-tuned from the tiny BERT on the bundled reference sample (seconds, on a CPU)."""
+    from enrich.finetune import FinetuneConfig, finetune
+
+    folder = tmp_path_factory.mktemp("tagger") / "tiny-tagger"
+    finetune(sample["reference"], folder, sample_columns, FinetuneConfig(
+        base_model=tiny_bert, epochs=2, batch_size=32, learning_rate=1e-2, max_length=32, warmup_ratio=0.0,
+        mixed_precision="no"), progress=False)
+    return folder
 
 
 @pytest.fixture

@@ -4,22 +4,9 @@ import numpy as np
 import polars as pl
 import pytest
 from safetensors.numpy import load_file
-from transformers import AutoTokenizer, BertConfig, BertModel, set_seed
 
-from enrich.embed import packaged_model_path
 from enrich.finetune import FinetuneConfig, finetune
 from enrich.tagger import Tagger
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(packaged_model_path())
-    set_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

@@ -122,3 +122,21 @@ def test_refused_reference_rows_are_listed_beside_the_index(tmp_path, encoder, s
     assert refused["status"].to_list() == ["refused: row 4 field 'number_of_reviews': engagement 'n/a' is not a number",
                                            "refused: row 8 field 'product_name': empty title"]
     assert json.loads((tmp_path / "index" / "manifest.json").read_text())["counts"]["refused"] == 2
+
+
+def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, tiny_tagger, tmp_path, capsys):
+    folder, _ = sample_index
+    from enrich.tagger import Tagger
+
+    tagger = Tagger.load(tiny_tagger)
+    code, err = run_cli(capsys, "run", sample["new"], "--index", folder, "--model", tiny_tagger, "--out", tmp_path / "out.parquet",
+                        "--columns", sample["columns"], "--quiet")
+    assert code == 0, err
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert out.height == 200 and (out["status"] == "ok").all()
+    known = set(tagger.labels) | set(pl.read_csv(sample["reference"], infer_schema=False)["amazon_category_and_sub_category"].drop_nulls())
+    assert set(out["category"].to_list()) <= known
+    for tags, category in zip(out["tags"].to_list(), out["category"].to_list()):
+        assert category.split(" > ")[: len(tags)] == tags  # a shallower fallback is still a prefix of the path
+    manifest = json.loads((tmp_path / "out.parquet.manifest.json").read_text())
+    assert manifest["tagger"]["path"] == str(tiny_tagger) and "temperature" in manifest["tagger"]["metrics"]
