@@ -146,7 +146,7 @@ def _check_columns(frame: pl.DataFrame, columns: Columns, path: Path, need_engag
     # New listings rarely come with a category; a reference catalog that names one must have it.
     for name in _category_columns(columns):
         optional[f"category ({name})"] = (name, defaults.category if need_engagement else name)
-    optional.update({"text": (c, c if c in defaults.text else None) for c in columns.text})
+    optional.update({f"text ({c})": (c, c if c in defaults.text else None) for c in columns.text})
     present = set(frame.columns)
     for role, name in wanted.items():
         if name not in present:

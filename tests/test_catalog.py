@@ -93,7 +93,7 @@ def test_file_level_errors_name_the_file_and_column(tmp_path):
     with pytest.raises(CatalogError, match="no column 'engagement' for the engagement"):
         load_catalog(path, Columns(id="sku", title="name"), reference=True)
     with pytest.raises(CatalogError, match=r"no column 'blurb' for the text"):
-        load_catalog(path, Columns(id="sku", title="name", text=("blurb",)))
+        load_catalog(path, Columns(id="sku", title="name", text=("description", "blurb")))
 
 
 def test_mapping_file_and_its_errors(tmp_path):
