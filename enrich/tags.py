@@ -112,4 +112,5 @@ def _fuse(shares: dict[str, float], classifier: ClassifierScores, row: int, conf
         fused[path] += (1 - config.classifier_weight) * share
     for j in np.argsort(-probabilities)[: config.classifier_top]:
         fused[classifier.labels[j]] += config.classifier_weight * float(probabilities[j])
-    return dict(fused)
+    total = sum(fused.values())  # < 1 where the neighbours have no category or the tagger's tail was cut
+    return {path: value / total for path, value in fused.items()}

@@ -21,3 +21,20 @@ def test_vote_picks_the_weighted_path_and_scores_its_prefixes():
 def test_no_known_category_gives_no_tags():
     votes = vote(np.array([[None, None]], dtype=object), np.array([[0.5, 0.4]], dtype=np.float32))
     assert votes.category == [None] and votes.tags == [[]] and votes.order.tolist() == [[0, 1]]
+
+
+def test_the_tagger_fused_with_the_vote_can_overrule_it_and_reorders_neighbours():
+    from enrich.tags import ClassifierScores
+
+    categories = np.array([["Toys > Cars", "Toys > Trains", "Toys > Cars"]], dtype=object)
+    sims = np.array([[0.90, 0.89, 0.88]], dtype=np.float32)
+    sure_trains = ClassifierScores(["Toys > Cars", "Toys > Trains"], np.array([[0.05, 0.95]]), min_level_score=0.5)
+    gentle = vote(categories, sims, VoteConfig(classifier_weight=0.2), sure_trains)
+    assert gentle.category == ["Toys > Cars"]
+    strong = vote(categories, sims, VoteConfig(classifier_weight=0.8), sure_trains)
+    assert strong.category == ["Toys > Trains"] and strong.order[0, 0] == 1
+    assert sum([0.8 * 0.95, 0.2 * 0.35]) == pytest.approx(strong.category_score[0], abs=0.05)
+    unsure = ClassifierScores(["Toys > Cars", "Toys > Trains"], np.array([[0.5, 0.5]]), min_level_score=0.9)
+    assert vote(categories, sims, VoteConfig(classifier_weight=1.0), unsure).tags == [["Toys"]]  # leaf falls back
+    no_neighbour_categories = vote(np.array([[None, None, None]], dtype=object), sims, VoteConfig(classifier_weight=0.5), sure_trains)
+    assert no_neighbour_categories.category_score == [pytest.approx(0.95)]
