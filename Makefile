@@ -39,4 +39,4 @@ eval: ## hold out 20% of ../shared/data/amazon_uk_toys/catalog.csv, enrich and s
 	$(BIN)/enrich eval ../shared/data/amazon_uk_toys/catalog.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/eval
 
 bench: ## the benchmark table on ../shared/data/amazon_uk_toys (out/bench.md, out/bench.json)
-	$(BIN)/python -m enrich.bench --catalog ../shared/data/amazon_uk_toys/catalog.csv --out $(OUT)
+	$(BIN)/python -m enrich.bench --catalog ../shared/data/amazon_uk_toys/catalog.csv --out $(OUT) $(ARGS)
