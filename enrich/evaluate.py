@@ -321,17 +321,17 @@ def to_markdown(m: dict) -> str:
         a, b = ours[level], base[level]
         lines.append(f"| {level} (n={a['n']}) | {_f(a['accuracy'])} | {_f(a['weighted_f1'])} | {_f(a['macro_f1'])} | "
                      f"{_f(b['accuracy'])} | {_f(b['weighted_f1'])} | {_f(b['macro_f1'])} |")
-    lines += [f"", f"Calibration error (ECE) of `category_score`: {_f(m['tags']['calibration_error_of_category_score'])}", "",
+    lines += ["", f"Calibration error (ECE) of `category_score`: {_f(m['tags']['calibration_error_of_category_score'])}", "",
               "| popularity bucket | n | enrich full path | top level | TF-IDF + LR full path | top level |", "|---|---|---|---|---|---|"]
     for bucket, row in m["tags_by_bucket"].items():
         a, b = row["enrich"], row["TF-IDF + logistic regression"]
         lines.append(f"| {bucket} | {row['n']} | {_f(a['full path'])} | {_f(a['top level'])} | {_f(b['full path'])} | {_f(b['top level'])} |")
     buckets = m["buckets"]
-    lines += [f"", f"Buckets by true engagement: head >= {buckets['head_at_least']:g}, tail <= {buckets['tail_at_most']:g}.", "",
+    lines += ["", f"Buckets by true engagement: head >= {buckets['head_at_least']:g}, tail <= {buckets['tail_at_most']:g}.", "",
               "**Neighbours**", "", f"| | same-leaf precision@{k} |", "|---|---|"]
     for name, value in m["neighbors"][f"precision@{k}"].items():
         lines.append(f"| {name} | {_f(value)} |")
-    lines += [f"", f"hnswlib recall@{k} against exact search: {_f(m['neighbors'][f'index_recall@{k}'])}", "",
+    lines += ["", f"hnswlib recall@{k} against exact search: {_f(m['neighbors'][f'index_recall@{k}'])}", "",
               "**Exposure priors** (held-out listings ranked by prior against their true engagement)", "",
               f"| | Spearman | NDCG@{k} | NDCG@100 |", "|---|---|---|---|"]
     for name, row in m["priors"]["ranking"].items():

@@ -32,7 +32,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.embed import cpu_has_native_bf16, packaged_model_path
-from enrich.tagger import TAGGER_FILE, Hierarchy, Tagger, softmax
+from enrich.tagger import Hierarchy, Tagger, softmax
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
