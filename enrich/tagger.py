@@ -124,9 +124,8 @@ class Tagger:
         """
         return self.tags_from_probabilities(self.probabilities(texts))
 
-    def tags_from_probabilities(self, leaf_probabilities: np.ndarray, labels: list[str] | None = None) -> list[list[Tag]]:
-        labels = labels or self.labels
-        hierarchy = self.hierarchy if labels is self.labels else Hierarchy(labels)
+    def tags_from_probabilities(self, leaf_probabilities: np.ndarray) -> list[list[Tag]]:
+        labels, hierarchy = self.labels, self.hierarchy
         level_scores = [leaf_probabilities @ hierarchy.level_matrix(d) for d in range(1, hierarchy.depth + 1)]
         result = []
         for i, best in enumerate(leaf_probabilities.argmax(1)):
