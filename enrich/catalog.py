@@ -179,6 +179,9 @@ def load_catalog(
     """
     path = Path(path)
     raw, bad_bytes = _read_raw(path)
+    if raw.width == 0:  # an empty JSON Lines file has no header to name its columns: zero rows of every role
+        named = [columns.id, columns.title, columns.brand, *columns.text, *_category_columns(columns), columns.engagement]
+        raw = pl.DataFrame(schema={name: pl.String for name in dict.fromkeys(n for n in named if n)})
     _check_columns(raw, columns, path, need_engagement=reference)
 
     def col(name: str | None) -> pl.Expr:

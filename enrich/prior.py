@@ -141,8 +141,10 @@ class ExposurePrior:
         bins = np.searchsorted(edges, evidence_mass)
         tail = (1 - config.interval) / 2
         prior.bin_edges = [float(e) for e in edges]
-        prior.residual_low = [float(np.quantile(residuals[bins == b], tail)) for b in range(len(edges) + 1)]
-        prior.residual_high = [float(np.quantile(residuals[bins == b], 1 - tail)) for b in range(len(edges) + 1)]
+        # A bin left empty by ties falls back to all residuals.
+        in_bin = [residuals[bins == b] if (bins == b).any() else residuals for b in range(len(edges) + 1)]
+        prior.residual_low = [float(np.quantile(r, tail)) for r in in_bin]
+        prior.residual_high = [float(np.quantile(r, 1 - tail)) for r in in_bin]
         prior.smearing = float(np.mean(np.exp(residuals)))
         prior.fit_metrics = {"rmse_log": float(np.sqrt(np.mean(residuals**2))), "rows": int(len(y))}
         return prior

@@ -139,3 +139,17 @@ def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, tiny_
         assert category.split(" > ")[: len(tags)] == tags  # a shallower fallback is still a prefix of the path
     manifest = json.loads((tmp_path / "out.parquet.manifest.json").read_text())
     assert manifest["tagger"]["path"] == str(tiny_tagger) and "temperature" in manifest["tagger"]["metrics"]
+
+
+def test_edge_sizes_empty_input_and_tiny_reference(sample_index, sample, tmp_path, capsys):
+    folder, _ = sample_index
+    (tmp_path / "empty.jsonl").write_text("")
+    code, err = run_cli(capsys, "run", tmp_path / "empty.jsonl", "--index", folder, "--out", tmp_path / "empty.parquet", "--quiet")
+    assert code == 0 and "0 rows read" in err
+    assert pl.read_parquet(tmp_path / "empty.parquet").schema == pl.Schema(OUTPUT_SCHEMA)
+    pl.read_csv(sample["reference"], infer_schema=False).head(4).write_csv(tmp_path / "tiny.csv")
+    code, err = run_cli(capsys, "index", tmp_path / "tiny.csv", "--out", tmp_path / "tiny-index", "--columns", sample["columns"])
+    assert code == 2 and "4 usable reference listings (of 4 rows); an index needs at least 10" in err
+    (tmp_path / "numeric.jsonl").write_text('{"id": 7, "title": "Wooden train"}\n{"id": 8, "title": "Kite"}\n')
+    code, err = run_cli(capsys, "run", tmp_path / "numeric.jsonl", "--index", folder, "--out", tmp_path / "n.parquet", "--quiet")
+    assert code == 0 and pl.read_parquet(tmp_path / "n.parquet")["id"].to_list() == ["7", "8"]
