@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output table: Parquet, or CSV when the name ends in .csv")
     run.add_argument("--neighbors", type=int, help="neighbours written per listing (default 10)")
     run.add_argument("--model", help="a fine-tuned tagger folder; default: the index's, else the neighbours' vote alone")
+    run.add_argument("--part-rows", type=int, default=10_000,
+                     help="rows per saved part (default 10000): a killed run resumes from its finished parts")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(run)
     evaluate = commands.add_parser("eval", help="hold listings out of a catalog, enrich them, score them beside baselines")
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.neighbors:
                 config = replace(config, vote=replace(config.vote, top_k=args.neighbors))
             summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference,
-                             columns=columns, config=config, progress=progress, tagger_dir=args.model)
+                             columns=columns, config=config, progress=progress, tagger_dir=args.model,
+                             part_rows=args.part_rows)
             lines = summary.lines("enriched") + [f"output written to {args.out}"]
     except (CatalogError, ValueError, FileNotFoundError) as e:
         print(f"enrich: error: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ manifest; `enrich` reads new listings and writes one output row per input row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from enrich.catalog import CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, write_table
 from enrich.embed import Encoder, EncoderConfig, text_hashes
@@ -384,34 +386,53 @@ def enrich(
     config: EnrichConfig = EnrichConfig(),
     progress: bool = True,
     tagger_dir: str | Path | None = None,
+    part_rows: int = 10_000,
 ) -> Summary:
     """Enrich new listings against an index folder, or build one from `reference_path` first (one shot).
 
     The tagger is `tagger_dir`, else the one the index was built with, else none (the neighbours' vote).
+    The output is computed `part_rows` rows at a time, each part saved in `OUT.parts/` as it is done; a run
+    killed at any point and started again with the same arguments keeps the parts it finished, so its
+    final output equals an uninterrupted run's. The parts are removed once the output is written.
     """
     started = time.perf_counter()
     if (index_dir is None) == (reference_path is None):
         raise CatalogError("give either an index folder (--index) or a reference catalog (--reference)")
+    if part_rows < 1:
+        raise CatalogError(f"--part-rows must be at least 1, not {part_rows}")
+    out_path = Path(out_path)
     frame = load_catalog(new_path, columns, config.cleaning, reference=False)
+    parts = Path(str(out_path) + ".parts")
+    run_key = _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows)
+    if parts.exists() and _read_json(parts / "run.json").get("key") != run_key:
+        shutil.rmtree(parts)  # left by a run with other arguments: nothing in it can be reused
+    parts.mkdir(parents=True, exist_ok=True)
+    _write_text_atomically(parts / "run.json", json.dumps({"key": run_key}))
     if index_dir is None:
+        # The one-shot index is built once into the parts folder, so a resumed run reuses it.
+        index_dir = parts / "index"
         encoder = Encoder(config.encoder)
-        index_dir = Path(tempfile.mkdtemp(prefix="enrich-index-"))
-        try:
+        if not (index_dir / "manifest.json").exists():
             build_index(reference_path, index_dir, reference_columns or columns, config, progress, encoder=encoder)
-            index = ReferenceIndex.load(index_dir, encoder)
-            tagger = Tagger.load(tagger_dir) if tagger_dir else None
-            output = enrich_frame(frame, index, encoder, config, progress, tagger)
-        finally:
-            shutil.rmtree(index_dir, ignore_errors=True)
         index_source = {"reference": str(reference_path)}
     else:
         encoder = encoder_for(index_dir)
-        index = ReferenceIndex.load(index_dir, encoder)
+    index = ReferenceIndex.load(index_dir, encoder)
+    if reference_path is None:
         config = _config_of(index, config)
         tagger_dir = tagger_dir or index.manifest.get("tagger")
-        tagger = Tagger.load(tagger_dir) if tagger_dir else None
-        output = enrich_frame(frame, index, encoder, config, progress, tagger)
         index_source = {"index": str(index_dir), "index_built_at": index.manifest["built_at"]}
+    tagger = Tagger.load(tagger_dir) if tagger_dir else None
+
+    starts = list(range(0, frame.height, part_rows)) or [0]
+    with tqdm(total=frame.height, desc="enriching", unit="listing", disable=not progress) as bar:
+        for number, start in enumerate(starts):
+            part = parts / f"part-{number:05d}.parquet"
+            chunk = frame.slice(start, part_rows)
+            if not part.exists():
+                write_table(enrich_frame(chunk, index, encoder, config, False, tagger), part)
+            bar.update(chunk.height)
+    output = pl.concat([pl.read_parquet(parts / f"part-{n:05d}.parquet") for n in range(len(starts))])
     summary = _summary(frame, started)
     write_table(output, out_path)
     manifest = {
@@ -420,14 +441,39 @@ def enrich(
         **index_source,
         "columns": asdict(columns),
         "config": asdict(config),
+        "part_rows": part_rows,
         "encoder": encoder.describe(),
         "tagger": {"path": str(tagger_dir), **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
         "packages": _package_versions(),
         "summary": asdict(summary),
     }
     _write_text_atomically(Path(str(out_path) + ".manifest.json"), json.dumps(manifest, indent=1))
+    shutil.rmtree(parts, ignore_errors=True)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows) -> str:
+    """What must be the same for a run's parts to be reused: the inputs (by size and time) and every setting."""
+    def stamp(path) -> list | None:
+        if path is None:
+            return None
+        path = Path(path)
+        # A folder (an index, a tagger) is stamped by the file that describes it.
+        described = [path / name for name in ("manifest.json", "tagger.json")] if path.is_dir() else [path]
+        found = [p.stat() for p in described if p.exists()]
+        return [str(path.resolve())] + ([found[0].st_size, found[0].st_mtime_ns] if found else [None])
+    key = {"new": stamp(new_path), "index": stamp(index_dir), "reference": stamp(reference_path), "tagger": stamp(tagger_dir),
+           "columns": asdict(columns), "reference_columns": asdict(reference_columns) if reference_columns else None,
+           "config": asdict(config), "part_rows": part_rows, "format": INDEX_FORMAT}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _config_of(index: ReferenceIndex, requested: EnrichConfig) -> EnrichConfig:
