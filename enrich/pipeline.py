@@ -116,7 +116,7 @@ class ReferenceIndex:
 
     @classmethod
     def load(cls, folder: str | Path, encoder: Encoder | None = None) -> "ReferenceIndex":
-        folder = Path(folder)
+        folder = Path(folder).resolve()  # once: every file comes from the same version of the index
         missing = [name for name in cls.FILES if not (folder / name).exists()]
         if missing:
             raise IndexMismatch(f"{folder}: not an enrich index (missing {', '.join(missing)}); build one with `enrich index`")
@@ -274,21 +274,34 @@ def build_index_from_frame(
 
 
 def _write_folder_atomically(out_dir: Path, write) -> None:
-    """Write into a fresh sibling folder, then swap it in: a reader never sees half an index."""
+    """Write a new version folder beside `out_dir`, then switch the `out_dir` symlink to it in one rename.
+
+    A reader resolves the link once and reads one whole version, old or new, never a mix or half of one.
+    The previous version is kept for readers still on it; older ones are removed.
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
-    try:
-        write(staging)
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, retired / "index")
-            os.replace(staging, out_dir)
-            shutil.rmtree(retired, ignore_errors=True)
+    if out_dir.exists() and not out_dir.is_symlink():
+        if (out_dir / "manifest.json").exists():  # an index written before versioned folders: keep it as one
+            legacy = out_dir.parent / f".{out_dir.name}.v{time.time_ns()}"
+            os.replace(out_dir, legacy)
+            os.symlink(legacy.name, out_dir)
+        elif any(out_dir.iterdir()):
+            raise CatalogError(f"{out_dir} exists and is not an enrich index; choose another --out")
         else:
-            os.replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+            out_dir.rmdir()
+    version = out_dir.parent / f".{out_dir.name}.v{time.time_ns()}"
+    version.mkdir()
+    try:
+        write(version)
+    except BaseException:
+        shutil.rmtree(version, ignore_errors=True)
+        raise
+    link = out_dir.parent / f".{out_dir.name}.link-{os.getpid()}"
+    os.symlink(version.name, link)  # relative, so the parent folder can be moved as a whole
+    os.replace(link, out_dir)
+    versions = sorted(out_dir.parent.glob(f".{out_dir.name}.v*"), key=lambda p: int(p.name.rsplit(".v", 1)[1]))
+    for old in versions[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 OUTPUT_SCHEMA = {

@@ -153,3 +153,34 @@ def test_edge_sizes_empty_input_and_tiny_reference(sample_index, sample, tmp_pat
     (tmp_path / "numeric.jsonl").write_text('{"id": 7, "title": "Wooden train"}\n{"id": 8, "title": "Kite"}\n')
     code, err = run_cli(capsys, "run", tmp_path / "numeric.jsonl", "--index", folder, "--out", tmp_path / "n.parquet", "--quiet")
     assert code == 0 and pl.read_parquet(tmp_path / "n.parquet")["id"].to_list() == ["7", "8"]
+
+
+def test_readers_never_see_a_half_written_index(tmp_path, encoder, sample, sample_columns):
+    import threading
+
+    reference = pl.read_csv(sample["reference"], infer_schema=False)
+    reference.head(30).write_csv(tmp_path / "small.csv")
+    reference.head(45).write_csv(tmp_path / "large.csv")
+    folder = tmp_path / "index"
+    build_index(tmp_path / "small.csv", folder, sample_columns, progress=False, encoder=encoder)
+    failures, loads, stop = [], [], threading.Event()
+
+    def read():
+        while not stop.is_set():
+            try:
+                index = ReferenceIndex.load(folder, encoder)
+                assert len(index.neighbors) == index.reference.height == index.manifest["counts"]["indexed"]
+                loads.append(index.reference.height)
+            except Exception as e:  # any failure of a reader is the bug this test looks for
+                failures.append(repr(e))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for round_ in range(4):
+        build_index(tmp_path / ("large.csv" if round_ % 2 == 0 else "small.csv"), folder, sample_columns, progress=False,
+                    encoder=encoder)
+    stop.set()
+    reader.join()
+    assert not failures, failures[:3]
+    assert loads and set(loads) <= {30, 45}
+    assert len(list(tmp_path.glob(".index.v*"))) == 2  # the current version and the previous one
