@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("reference", help="reference catalog with engagement (.csv, .parquet, .jsonl)")
     index.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
     index.add_argument("--model", help="a fine-tuned tagger folder (`enrich finetune`); `enrich run` uses it by default")
+    index.add_argument("--update", action="store_true",
+                       help="update the index in --out to this catalog without a rebuild: add new listings, mark delisted ones deleted")
     index.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(index)
 
@@ -81,15 +83,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Imported here so `enrich --help` answers at once; torch and transformers take seconds to load.
-    from enrich.pipeline import EnrichConfig, build_index, enrich
+    from enrich.pipeline import EnrichConfig, build_index, enrich, update_index
 
     progress = not getattr(args, "quiet", True)
     try:
         columns = _columns(args)
         if args.command == "index":
-            summary = build_index(args.reference, args.out, columns, progress=progress, tagger_dir=args.model)
-            lines = summary.lines("indexed") + [f"  embeddings reused from the earlier build: {summary.reused_embeddings}",
-                                                f"index written to {args.out}"]
+            if args.update:
+                summary = update_index(args.reference, args.out, columns, progress=progress)
+                lines = summary.lines("usable") + [f"  unchanged listings kept without re-embedding: {summary.reused_embeddings}",
+                                                   f"index updated in {args.out}"]
+            else:
+                summary = build_index(args.reference, args.out, columns, progress=progress, tagger_dir=args.model)
+                lines = summary.lines("indexed") + [f"  embeddings reused from the earlier build: {summary.reused_embeddings}",
+                                                    f"index written to {args.out}"]
         elif args.command == "eval":
             from enrich.evaluate import EvalConfig, evaluate, write_report
 

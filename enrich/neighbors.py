@@ -23,9 +23,10 @@ class IndexConfig:
 class NeighborIndex:
     """Cosine search over L2-normalised embeddings; hnswlib labels are row positions in the id map."""
 
-    def __init__(self, index: hnswlib.Index, config: IndexConfig):
+    def __init__(self, index: hnswlib.Index, config: IndexConfig, deleted: int = 0):
         self.index = index
         self.config = config
+        self.deleted = deleted  # labels marked deleted: never returned, not counted
         self.index.set_ef(max(config.ef_search, config.candidates + 1))
 
     @classmethod
@@ -43,15 +44,15 @@ class NeighborIndex:
         self.index.save_index(path)
 
     @classmethod
-    def load(cls, path: str, dim: int, count: int, config: IndexConfig) -> "NeighborIndex":
+    def load(cls, path: str, dim: int, count: int, config: IndexConfig, deleted: int = 0) -> "NeighborIndex":
         index = hnswlib.Index(space="cosine", dim=dim)
         index.load_index(path, max_elements=max(count, 1))
         if index.get_current_count() != count:
             raise ValueError(f"{path} holds {index.get_current_count()} vectors, the id map {count}")
-        return cls(index, config)
+        return cls(index, config, deleted)
 
     def __len__(self) -> int:
-        return self.index.get_current_count()
+        return self.index.get_current_count() - self.deleted
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Row positions and cosine similarities of the k nearest references, most similar first."""

@@ -128,7 +128,8 @@ class ReferenceIndex:
         reference = pl.read_parquet(folder / "reference.parquet")
         embeddings = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
         config = IndexConfig(**manifest["config"]["index"])
-        neighbors = NeighborIndex.load(str(folder / "hnsw.bin"), embeddings.shape[1], reference.height, config)
+        deleted = int(reference["deleted"].sum()) if "deleted" in reference.columns else 0
+        neighbors = NeighborIndex.load(str(folder / "hnsw.bin"), embeddings.shape[1], reference.height, config, deleted)
         lexical_matrix = sp.load_npz(folder / "lexical_matrix.npz").tocsr()
         return cls(folder, manifest, reference, embeddings, neighbors, Lexical.load(folder), lexical_matrix,
                    ExposurePrior.load(folder))
@@ -270,6 +271,93 @@ def build_index_from_frame(
 
     _write_folder_atomically(out_dir, write)
     summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def update_index(
+    reference_path: str | Path,
+    out_dir: str | Path,
+    columns: Columns = Columns(),
+    config: EnrichConfig = EnrichConfig(),
+    progress: bool = True,
+) -> Summary:
+    """Bring an index up to date with the current reference catalog, without a rebuild.
+
+    Listings that are new, or whose text changed, are embedded and added to the hnswlib graph
+    (`resize_index`, `add_items`); delisted ones, and the old versions of changed ones, are marked deleted
+    (`mark_deleted`) and kept in the id map with `deleted = true`, so labels never move. Unchanged
+    listings only get their engagement and category refreshed. The prior and the TF-IDF vocabulary stay
+    as fitted at the last full build (the manifest says how much has been added since): rebuild now and
+    then to refit them.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    if not (out_dir / "manifest.json").exists():
+        raise IndexMismatch(f"{out_dir}: no index to update; build one first with `enrich index` (without --update)")
+    frame = load_catalog(reference_path, columns, config.cleaning, reference=True)
+    encoder = encoder_for(out_dir)
+    index = ReferenceIndex.load(out_dir, encoder)
+    current = frame.filter(pl.col("status") == "ok")
+    texts = listing_texts(current)
+    current = current.select("id", "title", "brand", "category", "engagement").with_columns(
+        text_hash=pl.Series(text_hashes(texts, _embedding_cache_key(encoder)), dtype=pl.String),
+        _text=pl.Series(texts, dtype=pl.String))
+    old = index.reference
+    if "deleted" not in old.columns:
+        old = old.with_columns(deleted=pl.lit(False))
+    live = old.with_row_index("label").filter(~pl.col("deleted"))
+    unchanged = live.join(current.select("id", "text_hash"), on=["id", "text_hash"], how="semi")
+    gone = live.join(unchanged.select("label"), on="label", how="anti")["label"].to_list()
+    added = current.join(unchanged.select("id"), on="id", how="anti")
+    if old.height - len(gone) + added.height < MIN_REFERENCE:
+        raise CatalogError(f"{reference_path}: the update would leave fewer than {MIN_REFERENCE} listings in the index")
+
+    # Unchanged listings: fresh engagement and category, same label.
+    refreshed = old.with_row_index("label").join(
+        current.select("id", "text_hash", pl.col("engagement").alias("new_engagement"), pl.col("category").alias("new_category")),
+        on=["id", "text_hash"], how="left")
+    keep = pl.col("new_engagement").is_not_null() & ~pl.col("deleted")
+    refreshed = refreshed.with_columns(
+        pl.when(keep).then(pl.col("new_engagement")).otherwise(pl.col("engagement")).alias("engagement"),
+        pl.when(keep).then(pl.col("new_category")).otherwise(pl.col("category")).alias("category"),
+        (pl.col("deleted") | pl.col("label").is_in(gone)).alias("deleted"),
+    ).sort("label").select(old.columns)
+    reference = pl.concat([refreshed, added.with_columns(deleted=pl.lit(False)).select(old.columns)])
+
+    added_texts = added["_text"].to_list()
+    vectors = encoder.encode(added_texts, progress=progress, desc="embedding new reference listings")
+    graph = index.neighbors.index
+    graph.resize_index(reference.height)
+    if added.height:
+        graph.add_items(vectors, np.arange(old.height, reference.height), num_threads=index.neighbors.config.threads)
+    for label in gone:
+        graph.mark_deleted(label)
+    embeddings = np.vstack([np.asarray(index.embeddings), vectors])
+    lexical_matrix = sp.vstack([index.lexical_matrix, index.lexical.transform(added_texts)]).tocsr()
+
+    manifest = dict(index.manifest)
+    manifest["counts"] = {**manifest["counts"], "indexed": reference.height - int(reference["deleted"].sum()),
+                          "deleted": int(reference["deleted"].sum()), "labels": reference.height}
+    manifest["updates"] = manifest.get("updates", []) + [{
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": str(reference_path),
+        "added": added.height, "deleted": len(gone), "refreshed": unchanged.height,
+        "seconds": round(time.perf_counter() - started, 2)}]
+    unchanged_files = ("lexical.json", "lexical_idf.npy", "prior.json", "prior_text_coef.npy")
+    source_folder = index.folder
+
+    def write(folder: Path) -> None:
+        reference.write_parquet(folder / "reference.parquet")
+        frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / "refused.parquet")
+        np.save(folder / "embeddings.npy", embeddings)
+        graph.save_index(str(folder / "hnsw.bin"))
+        sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix)
+        for name in unchanged_files:
+            shutil.copy2(source_folder / name, folder / name)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    _write_folder_atomically(out_dir, write)
+    summary = _summary(frame, started)
+    summary.reused_embeddings = unchanged.height
     return summary
 
 

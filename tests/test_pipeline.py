@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -184,3 +185,35 @@ def test_readers_never_see_a_half_written_index(tmp_path, encoder, sample, sampl
     assert not failures, failures[:3]
     assert loads and set(loads) <= {30, 45}
     assert len(list(tmp_path.glob(".index.v*"))) == 2  # the current version and the previous one
+
+
+def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tmp_path, encoder, sample, sample_columns, capsys):
+    reference = pl.read_csv(sample["reference"], infer_schema=False)
+    reference.head(40).write_csv(tmp_path / "before.csv")
+    build_index(tmp_path / "before.csv", tmp_path / "index", sample_columns, progress=False, encoder=encoder)
+    delisted = reference.slice(35, 5)["uniq_id"].to_list()
+    after = pl.concat([reference.head(35), reference.slice(40, 10)]).with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(pl.col("product_name") + " (2026 edition)").otherwise(pl.col("product_name"))
+        .alias("product_name"),
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("999")).otherwise(pl.col("number_of_reviews")).alias("number_of_reviews"),
+    )
+    after.write_csv(tmp_path / "after.csv")
+    code, err = run_cli(capsys, "index", tmp_path / "after.csv", "--out", tmp_path / "index", "--update", "--columns",
+                        sample["columns"], "--quiet")
+    assert code == 0, err
+    assert "unchanged listings kept without re-embedding: 34" in err
+
+    index = ReferenceIndex.load(tmp_path / "index", encoder)
+    assert index.reference.height == 51 and int(index.reference["deleted"].sum()) == 6 and len(index.neighbors) == 45
+    assert index.manifest["updates"][-1] | {"seconds": 0, "at": "", "source": ""} == {
+        "added": 11, "deleted": 6, "refreshed": 34, "seconds": 0, "at": "", "source": ""}
+    first = index.reference.with_row_index().filter(pl.col("id") == after["uniq_id"][0])
+    assert first["engagement"].to_list() == [999.0]
+    from enrich.catalog import listing_texts, load_catalog
+
+    current = load_catalog(tmp_path / "after.csv", sample_columns, reference=True)
+    vectors = encoder.encode(listing_texts(current))
+    positions, sims = index.neighbors.search(vectors, 45)
+    found = index.ids[positions]
+    assert not set(found.ravel()) & set(delisted)
+    assert (found[:, 0] == np.array(current["id"].to_list())).all() and (sims[:, 0] > 0.99).all()
