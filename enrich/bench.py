@@ -21,21 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 from scipy.stats import spearmanr
-from sklearn.linear_model import Ridge, RidgeCV
-from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.linear_model import RidgeCV
 
 from enrich.catalog import Columns, listing_texts, load_catalog
-from enrich.embed import Encoder, EncoderConfig, packaged_model_path
-from enrich.evaluate import EvalConfig, evaluate, split_catalog
-from enrich.lexical import pairwise_cosine
+from enrich.embed import Encoder, EncoderConfig, cpu_has_native_bf16, packaged_model_path
+from enrich.evaluate import EvalConfig, evaluate, split_catalog, tag_metrics
 from enrich.neighbors import exact_search, recall_at_k
-from enrich.pipeline import ReferenceIndex, build_index, build_index_from_frame, find_evidence
-from enrich.embed import cpu_has_native_bf16
-from enrich.evaluate import tag_metrics
+from enrich.pipeline import ReferenceIndex, build_index, build_index_from_frame, find_evidence, reference_evidence
 from enrich.finetune import FinetuneConfig, finetune
-from enrich.prior import FEATURES, Evidence, brand_key
+from enrich.prior import FEATURES, Evidence, cross_fitted_text_model
 from enrich.sample import AMAZON_COLUMNS
 from enrich.tagger import Tagger
 from enrich.tags import ClassifierScores, VoteConfig, vote
@@ -91,16 +86,10 @@ def encoder_speed(texts: list[str], reference_texts: list[str], repeats: int = 3
 def prior_ablation(index: ReferenceIndex, evidence_new: Evidence, truth_y: np.ndarray) -> dict[str, float]:
     """Spearman of the prior as evidence is added step by step (the stacker refitted on each subset)."""
     prior = index.prior
-    embeddings = np.asarray(index.embeddings)
-    k = index.neighbors.config.candidates
-    positions, sims = index.neighbors.search_excluding_self(embeddings, k)
     y = np.log1p(index.engagement)
-    brands = [brand_key(b) for b in index.reference["brand"].to_list()]
-    text_features = sp.hstack([index.lexical_matrix, sp.csr_matrix(embeddings)]).tocsr()
-    folds = KFold(n_splits=prior.config.folds, shuffle=True, random_state=prior.config.seed)
-    text_oof = cross_val_predict(Ridge(alpha=prior.config.text_alpha), text_features, y, cv=folds)
-    evidence_ref = Evidence(index.engagement[positions], sims, pairwise_cosine(index.lexical_matrix, index.lexical_matrix, positions),
-                            brands, text_features)
+    evidence_ref = reference_evidence(np.asarray(index.embeddings), index.neighbors, index.lexical_matrix, index.engagement,
+                                      index.reference["brand"].to_list(), index.neighbors.config.candidates)
+    text_oof, _ = cross_fitted_text_model(evidence_ref.text_features, y, prior.config)
     train = prior.features(evidence_ref, leave_out=y, text_prediction=text_oof)
     test = prior.features(evidence_new)
     steps = {

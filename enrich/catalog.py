@@ -292,3 +292,14 @@ def write_table(frame: pl.DataFrame, path: str | Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write a text file through a temporary file and a rename, like `write_table`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return path

@@ -20,11 +20,11 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, ndcg_score
 
-from enrich.catalog import CatalogError, Columns, _read_raw, listing_texts, load_catalog, write_table
+from enrich.catalog import CatalogError, Columns, _read_raw, listing_texts, load_catalog, write_table, write_text_atomically
 from enrich.embed import Encoder
 from enrich.neighbors import exact_search, recall_at_k
 from enrich.pipeline import EnrichConfig, ReferenceIndex, build_index_from_frame, enrich_frame
-from enrich.tagger import Tagger
+from enrich.tagger import Tagger, expected_calibration_error
 from enrich.tags import PATH_SEPARATOR, path_levels
 
 BUCKETS = ("head", "torso", "tail")
@@ -102,17 +102,6 @@ def _scores(rows: list[tuple[str, str]]) -> dict:
         "weighted_f1": float(f1_score(t, p, average="weighted", zero_division=0)),
         "macro_f1": float(f1_score(t, p, average="macro", labels=sorted(set(t)), zero_division=0)),
     }
-
-
-def expected_calibration_error(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(scores[mask].mean() - correct[mask].mean())
-    return float(error)
 
 
 def same_leaf_precision(neighbor_categories: list[list[str]], truth: list[str | None]) -> float:
@@ -356,11 +345,8 @@ def write_report(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
     """eval.md, eval.json, held_out.parquet and the three plots, each written atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "eval.md", out_dir / "eval.json"]
-    for path, text in ((written[0], evaluation.markdown() + "\n"), (written[1], json.dumps(evaluation.metrics, indent=1))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    written = [write_text_atomically(out_dir / "eval.md", evaluation.markdown() + "\n"),
+               write_text_atomically(out_dir / "eval.json", json.dumps(evaluation.metrics, indent=1))]
     written.append(write_table(evaluation.held_out, out_dir / "held_out.parquet"))
     from enrich import plots
 

@@ -32,7 +32,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.embed import cpu_has_native_bf16, packaged_model_path
-from enrich.tagger import Hierarchy, Tagger, softmax
+from enrich.tagger import Hierarchy, Tagger, expected_calibration_error, softmax
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -111,12 +111,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
 
 
-def calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    confidence, predicted = probabilities.max(1), probabilities.argmax(1)
-    correct = predicted == labels
-    which = np.clip((confidence * bins).astype(int), 0, bins - 1)
-    return float(sum((which == b).mean() * abs(confidence[which == b].mean() - correct[which == b].mean())
-                     for b in range(bins) if (which == b).any()))
+def calibration_error(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """ECE of the most probable label's probability."""
+    return expected_calibration_error(probabilities.max(1), probabilities.argmax(1) == labels)
 
 
 def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Columns(), config: FinetuneConfig = FinetuneConfig(),

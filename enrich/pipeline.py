@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -23,7 +22,8 @@ import polars as pl
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from enrich.catalog import CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, write_table
+from enrich.catalog import (CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, write_table,
+                            write_text_atomically)
 from enrich.embed import Encoder, EncoderConfig, text_hashes
 from enrich.lexical import Lexical, LexicalConfig, pairwise_cosine
 from enrich.neighbors import IndexConfig, NeighborIndex
@@ -230,15 +230,9 @@ def build_index_from_frame(
     neighbors = NeighborIndex.build(embeddings, config.index)
     lexical = Lexical.fit(texts, config.lexical)
     lexical_matrix = lexical.transform(texts)
-    k = min(config.index.candidates, ok.height - 1)
-    positions, sims = neighbors.search_excluding_self(embeddings, k)
     engagement = ok["engagement"].to_numpy().astype(np.float64)
-    brands = [brand_key(b) for b in ok["brand"].to_list()]
-    evidence = Evidence(
-        neighbor_engagement=engagement[positions], sims=sims,
-        lexical_sims=pairwise_cosine(lexical_matrix, lexical_matrix, positions), brands=brands,
-        text_features=sp.hstack([lexical_matrix, sp.csr_matrix(embeddings)]).tocsr(),
-    )
+    evidence = reference_evidence(embeddings, neighbors, lexical_matrix, engagement, ok["brand"].to_list(),
+                                  min(config.index.candidates, ok.height - 1))
     prior = ExposurePrior.fit(engagement, evidence, config.prior)
 
     summary = _summary(frame, started)
@@ -425,14 +419,27 @@ def find_evidence(listings: pl.DataFrame, index: ReferenceIndex, encoder: Encode
     texts = listing_texts(listings)
     vectors = encoder.encode(texts, progress=progress, desc="embedding new listings")
     positions, sims = index.neighbors.search(vectors, k)
-    lexical_rows = index.lexical.transform(texts)
-    evidence = Evidence(
-        neighbor_engagement=index.engagement[positions], sims=sims,
-        lexical_sims=pairwise_cosine(lexical_rows, index.lexical_matrix, positions),
-        brands=[brand_key(b) for b in listings["brand"].to_list()],
+    evidence = gather_evidence(index.lexical.transform(texts), vectors, positions, sims, listings["brand"].to_list(),
+                               index.lexical_matrix, index.engagement)
+    return Found(texts, vectors, positions, sims, evidence)
+
+
+def gather_evidence(lexical_rows: sp.csr_matrix, vectors: np.ndarray, positions: np.ndarray, sims: np.ndarray,
+                    brands: list[str | None], reference_lexical: sp.csr_matrix, reference_engagement: np.ndarray) -> Evidence:
+    """The prior's evidence for listings whose candidates (`positions`, `sims`) are known."""
+    return Evidence(
+        neighbor_engagement=reference_engagement[positions], sims=sims,
+        lexical_sims=pairwise_cosine(lexical_rows, reference_lexical, positions),
+        brands=[brand_key(b) for b in brands],
         text_features=sp.hstack([lexical_rows, sp.csr_matrix(vectors)]).tocsr(),
     )
-    return Found(texts, vectors, positions, sims, evidence)
+
+
+def reference_evidence(embeddings: np.ndarray, neighbors: NeighborIndex, lexical_matrix: sp.csr_matrix,
+                       engagement: np.ndarray, brands: list[str | None], k: int) -> Evidence:
+    """Evidence for the reference listings themselves, each left out of its own candidates: what the prior fits on."""
+    positions, sims = neighbors.search_excluding_self(embeddings, k)
+    return gather_evidence(lexical_matrix, embeddings, positions, sims, brands, lexical_matrix, engagement)
 
 
 def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig = EnrichConfig(),
@@ -508,7 +515,7 @@ def enrich(
     if parts.exists() and _read_json(parts / "run.json").get("key") != run_key:
         shutil.rmtree(parts)  # left by a run with other arguments: nothing in it can be reused
     parts.mkdir(parents=True, exist_ok=True)
-    _write_text_atomically(parts / "run.json", json.dumps({"key": run_key}))
+    write_text_atomically(parts / "run.json", json.dumps({"key": run_key}))
     if index_dir is None:
         # The one-shot index is built once into the parts folder, so a resumed run reuses it.
         index_dir = parts / "index"
@@ -548,7 +555,7 @@ def enrich(
         "packages": _package_versions(),
         "summary": asdict(summary),
     }
-    _write_text_atomically(Path(str(out_path) + ".manifest.json"), json.dumps(manifest, indent=1))
+    write_text_atomically(Path(str(out_path) + ".manifest.json"), json.dumps(manifest, indent=1))
     shutil.rmtree(parts, ignore_errors=True)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -584,10 +591,3 @@ def _config_of(index: ReferenceIndex, requested: EnrichConfig) -> EnrichConfig:
         requested, encoder=EncoderConfig(**built["encoder"]), index=IndexConfig(**built["index"]),
         lexical=LexicalConfig(**built["lexical"]), prior=index.prior.config,
     )
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)

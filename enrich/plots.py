@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,8 @@ def write_all(evaluation, out_dir: Path) -> list[Path]:
         fig = Figure(figsize=(6, 4.5))
         draw(fig.subplots())
         fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=110)
+        tmp = out_dir / f".{name}.tmp"  # then a rename, so a reader never sees half a picture
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, out_dir / name)
         written.append(out_dir / name)
     return written

@@ -117,10 +117,7 @@ class ExposurePrior:
                 stats = brand_stats.setdefault(key, [0.0, 0.0])
                 stats[0] += value
                 stats[1] += 1
-        text_model = Ridge(alpha=config.text_alpha)
-        folds = KFold(n_splits=min(config.folds, max(len(y), 2)), shuffle=True, random_state=config.seed)
-        text_oof = cross_val_predict(text_model, evidence.text_features, y, cv=folds)
-        text_model.fit(evidence.text_features, y)
+        text_oof, text_model = cross_fitted_text_model(evidence.text_features, y, config)
 
         prior = cls(
             config=config, global_mean=mu, global_sd=sd, global_quantiles=quantiles, shrink=shrink,
@@ -206,6 +203,13 @@ class ExposurePrior:
             raise ValueError(f"{folder}/prior.json was fitted with other features; rebuild the index")
         saved["config"] = PriorConfig(**{**saved["config"], "shrink_grid": tuple(saved["config"]["shrink_grid"])})
         return cls(text_coef=np.load(folder / "prior_text_coef.npy", allow_pickle=False), **saved)
+
+
+def cross_fitted_text_model(text_features: sp.csr_matrix, y: np.ndarray, config: PriorConfig) -> tuple[np.ndarray, Ridge]:
+    """The text model's out-of-fold predictions (what a new listing's would look like) and the model fitted on all."""
+    folds = KFold(n_splits=min(config.folds, max(len(y), 2)), shuffle=True, random_state=config.seed)
+    out_of_fold = cross_val_predict(Ridge(alpha=config.text_alpha), text_features, y, cv=folds)
+    return out_of_fold, Ridge(alpha=config.text_alpha).fit(text_features, y)
 
 
 def _absolute_weights(sims: np.ndarray, temperature: float) -> np.ndarray:

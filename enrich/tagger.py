@@ -145,3 +145,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def expected_calibration_error(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Mean |confidence - accuracy| over equal-width score bins, weighted by their share of listings."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(scores[mask].mean() - correct[mask].mean())
+    return float(error)
