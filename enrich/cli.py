@@ -29,6 +29,35 @@ def _columns(args: argparse.Namespace) -> Columns:
     )
 
 
+def _llm_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("LLM stage (flags, then ENRICH_LLM_BACKEND / _MODEL / _BASE_URL)")
+    group.add_argument("--llm-backend", choices=["local", "openai"],
+                       help="local: in-process, offline (default); openai: an OpenAI-compatible chat server")
+    group.add_argument("--llm-model", help="local: smollm2-135m (default), gemma3-270m, a .gguf file or a model folder; "
+                       "openai: the served model's name")
+    group.add_argument("--llm-base-url", help="openai backend: the server, e.g. http://localhost:8000/v1")
+    group.add_argument("--attributes-by", choices=["model", "rules"], default="model",
+                       help="model: the LLM picks among the spans found (default); rules: the first span found")
+    group.add_argument("--taxonomy-by", choices=["model", "nearest"], default="model",
+                       help="model: the LLM picks among the retrieved categories (default); nearest: the closest by embedding")
+    group.add_argument("--taxonomy", help="a Shopify product-taxonomy release folder (default: the one shipped)")
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the LLM answer cache")
+
+
+def _describer(args: argparse.Namespace, encoder):
+    from enrich.attributes import AttributeConfig
+    from enrich.describe import DescribeConfig, Describer
+    from enrich.llm import LLMConfig
+    from enrich.taxonomy import TaxonomyConfig
+
+    config = DescribeConfig(
+        llm=LLMConfig.from_env(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url),
+        attributes=AttributeConfig(ask_model=args.attributes_by == "model"),
+        taxonomy=TaxonomyConfig(choose=args.taxonomy_by), taxonomy_source=args.taxonomy or "",
+        use_cache=not args.no_cache)
+    return Describer(config, encoder)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enrich", description="Tags, similar popular listings and exposure priors for new listings.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,8 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="a fine-tuned tagger folder; default: the index's, else the neighbours' vote alone")
     run.add_argument("--part-rows", type=int, default=10_000,
                      help="rows per saved part (default 10000): a killed run resumes from its finished parts")
+    run.add_argument("--describe", action="store_true",
+                     help="also run the LLM stage: grounded attributes and a Shopify taxonomy node per listing")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(run)
+    _llm_flags(run)
+
+    attributes = commands.add_parser("attributes", help="the LLM stage alone: grounded attributes and a Shopify taxonomy node")
+    attributes.add_argument("listings", help="listings (.csv, .parquet, .jsonl)")
+    attributes.add_argument("--out", required=True, help="output table: Parquet, or CSV when the name ends in .csv")
+    attributes.add_argument("--quiet", action="store_true", help="no progress bars")
+    _column_flags(attributes)
+    _llm_flags(attributes)
     evaluate = commands.add_parser("eval", help="hold listings out of a catalog, enrich them, score them beside baselines")
     evaluate.add_argument("catalog", help="catalog with known categories and engagement")
     evaluate.add_argument("--out", default="out/eval", help="folder for eval.md, eval.json and the plots (default out/eval)")
@@ -113,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
                      f" best {metrics['best_epoch']}): validation accuracy {metrics['validation_accuracy']:.3f},"
                      f" calibration error {metrics['calibration_error_before']:.3f} -> {metrics['calibration_error_after']:.3f}",
                      f"model written to {args.out}"]
+        elif args.command == "attributes":
+            from enrich.catalog import CleaningConfig, load_catalog
+            from enrich.describe import describe_catalog
+            from enrich.embed import Encoder
+
+            frame = load_catalog(args.listings, columns, CleaningConfig())
+            manifest = describe_catalog(frame, _describer(args, Encoder()), args.out, progress=progress)
+            lines = [f"{manifest['rows']} rows read, {manifest['described']} described in {manifest['seconds']:.1f} s"
+                     f" ({manifest['rows'] - manifest['described']} refused: see status)", f"output written to {args.out}"]
         elif args.command == "explain":
             from enrich.explain import explain
 
@@ -122,9 +170,14 @@ def main(argv: list[str] | None = None) -> int:
             config = EnrichConfig()
             if args.neighbors:
                 config = replace(config, vote=replace(config.vote, top_k=args.neighbors))
+            describer = None
+            if args.describe:
+                from enrich.embed import Encoder
+
+                describer = _describer(args, Encoder(config.encoder))
             summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference,
                              columns=columns, config=config, progress=progress, tagger_dir=args.model,
-                             part_rows=args.part_rows)
+                             part_rows=args.part_rows, describer=describer)
             lines = summary.lines("enriched") + [f"output written to {args.out}"]
     except (CatalogError, ValueError, FileNotFoundError) as e:
         print(f"enrich: error: {e}", file=sys.stderr)

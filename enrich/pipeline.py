@@ -399,8 +399,14 @@ OUTPUT_SCHEMA = {
     "exposure_prior_low": pl.Float64,
     "exposure_prior_high": pl.Float64,
     "prior_evidence": pl.Float64,
+    # Filled by the LLM stage (`enrich run --describe`, `enrich attributes`); null without it.
+    "attributes": pl.String,
+    "taxonomy_id": pl.String,
+    "taxonomy_path": pl.String,
+    "taxonomy_score": pl.Float64,
     "notes": pl.String,
 }
+_DESCRIBED = ("attributes", "taxonomy_id", "taxonomy_path", "taxonomy_score")
 
 
 @dataclass
@@ -474,14 +480,28 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
         "exposure_prior_low": estimate.low,
         "exposure_prior_high": estimate.high,
         "prior_evidence": estimate.evidence,
-    }, schema={k: v for k, v in OUTPUT_SCHEMA.items() if k not in ("id", "status", "notes")})
+    }, schema={k: v for k, v in OUTPUT_SCHEMA.items() if k not in ("id", "status", "notes", *_DESCRIBED)})
     # Put the enriched rows back among the refused ones, in input order.
     slot = np.full(frame.height, -1)
     slot[ok_mask] = np.arange(ok.height)
     out = frame.select("id", "status", "notes").with_columns(pl.Series("_slot", slot))
     out = out.join(enriched.with_row_index("_slot").with_columns(pl.col("_slot").cast(pl.Int64)), on="_slot", how="left",
-                   maintain_order="left")
+                   maintain_order="left").with_columns(pl.lit(None).alias(c) for c in _DESCRIBED)
     return out.select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
+
+
+def add_description(enriched: pl.DataFrame, described: pl.DataFrame) -> pl.DataFrame:
+    """The LLM stage's columns into the output: attribute tags after the category's, notes joined."""
+    joined = pl.concat([enriched.drop(*_DESCRIBED), described.drop("id")], how="horizontal")
+    return joined.with_columns(
+        pl.concat_list(pl.col("tags").fill_null([]), pl.col("attribute_tags").fill_null([])).alias("tags"),
+        pl.concat_list(pl.col("tag_scores").fill_null([]), pl.col("attribute_tag_scores").fill_null([])).alias("tag_scores"),
+        pl.concat_str([pl.col("notes"), pl.col("llm_notes")], separator="; ", ignore_nulls=True)
+        .str.strip_chars("; ").alias("notes"),
+    ).with_columns(
+        pl.when(pl.col("status") == "ok").then(pl.col("tags")).otherwise(None).alias("tags"),
+        pl.when(pl.col("status") == "ok").then(pl.col("tag_scores")).otherwise(None).alias("tag_scores"),
+    ).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
 
 
 def enrich(
@@ -495,6 +515,7 @@ def enrich(
     progress: bool = True,
     tagger_dir: str | Path | None = None,
     part_rows: int = 10_000,
+    describer=None,
 ) -> Summary:
     """Enrich new listings against an index folder, or build one from `reference_path` first (one shot).
 
@@ -502,6 +523,7 @@ def enrich(
     The output is computed `part_rows` rows at a time, each part saved in `OUT.parts/` as it is done; a run
     killed at any point and started again with the same arguments keeps the parts it finished, so its
     final output equals an uninterrupted run's. The parts are removed once the output is written.
+    With a `describe.Describer`, each part also gets the LLM stage's attributes and taxonomy node.
     """
     started = time.perf_counter()
     if (index_dir is None) == (reference_path is None):
@@ -511,7 +533,8 @@ def enrich(
     out_path = Path(out_path)
     frame = load_catalog(new_path, columns, config.cleaning, reference=False)
     parts = Path(str(out_path) + ".parts")
-    run_key = _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows)
+    run_key = _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows,
+                       describer.manifest() if describer else None)
     if parts.exists() and _read_json(parts / "run.json").get("key") != run_key:
         shutil.rmtree(parts)  # left by a run with other arguments: nothing in it can be reused
     parts.mkdir(parents=True, exist_ok=True)
@@ -538,7 +561,12 @@ def enrich(
             part = parts / f"part-{number:05d}.parquet"
             chunk = frame.slice(start, part_rows)
             if not part.exists():
-                write_table(enrich_frame(chunk, index, encoder, config, False, tagger), part)
+                enriched = enrich_frame(chunk, index, encoder, config, False, tagger)
+                if describer is not None:
+                    from enrich.describe import describe_frame
+
+                    enriched = add_description(enriched, describe_frame(chunk, describer))
+                write_table(enriched, part)
             bar.update(chunk.height)
     output = pl.concat([pl.read_parquet(parts / f"part-{n:05d}.parquet") for n in range(len(starts))])
     summary = _summary(frame, started)
@@ -553,15 +581,17 @@ def enrich(
         "encoder": encoder.describe(),
         "tagger": {"path": str(tagger_dir), **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
         "packages": _package_versions(),
+        "describe": describer.manifest() if describer else None,
         "summary": asdict(summary),
     }
-    write_text_atomically(Path(str(out_path) + ".manifest.json"), json.dumps(manifest, indent=1))
+    write_text_atomically(Path(str(out_path) + ".manifest.json"), json.dumps(manifest, indent=1, default=str))
     shutil.rmtree(parts, ignore_errors=True)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows) -> str:
+def _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows,
+             describe=None) -> str:
     """What must be the same for a run's parts to be reused: the inputs (by size and time) and every setting."""
     def stamp(path) -> list | None:
         if path is None:
@@ -573,7 +603,7 @@ def _run_key(new_path, index_dir, reference_path, columns, reference_columns, co
         return [str(path.resolve())] + ([found[0].st_size, found[0].st_mtime_ns] if found else [None])
     key = {"new": stamp(new_path), "index": stamp(index_dir), "reference": stamp(reference_path), "tagger": stamp(tagger_dir),
            "columns": asdict(columns), "reference_columns": asdict(reference_columns) if reference_columns else None,
-           "config": asdict(config), "part_rows": part_rows, "format": INDEX_FORMAT}
+           "config": asdict(config), "part_rows": part_rows, "format": INDEX_FORMAT, "describe": describe}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 

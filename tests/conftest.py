@@ -67,3 +67,40 @@ def amazon_catalog():
     if not path.exists():
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory):
+    """A randomly initialised two-layer Llama with MiniLM's WordPiece vocabulary: real generate-side code
+    paths (tokenising, the shared prompt cache, batched options) in a second, with no weights to fetch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-lm")
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_path())
+    tokenizer.eos_token = "[SEP]"
+    set_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                                 pad_token_id=tokenizer.pad_token_id)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def small_taxonomy(tmp_path_factory):
+    """Forty categories of the shipped Shopify taxonomy (toys, games, party supplies): fast to embed."""
+    import polars as pl
+
+    from enrich.taxonomy import SHIPPED
+
+    table = pl.read_csv(SHIPPED, separator="\t")
+    keep = table.filter(pl.col("id").str.contains(r"^(tg-5-\d+|tg-2-\d+|ae-3-2-\d+)$")).head(40)
+    path = tmp_path_factory.mktemp("taxonomy") / "categories.tsv"
+    keep.write_csv(path, separator="\t")
+    return path
+
+
+@pytest.fixture
+def llm_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENRICH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

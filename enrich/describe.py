@@ -1,0 +1,128 @@
+"""The LLM stage: grounded attributes and a Shopify taxonomy node for each listing.
+
+`describe_frame` takes the standard catalog frame (see catalog.load_catalog) and returns one row per input
+row: `attributes` (JSON, valid against attributes.SCHEMA), `attribute_tags` with their scores,
+`taxonomy_id`, `taxonomy_path`, `taxonomy_score`, and `llm_notes` (fields the model answered badly, left
+empty). Answers are cached by content hash and prompt version, so re-describing a batch costs look-ups.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from tqdm.auto import tqdm
+
+from enrich.attributes import AnswerCache, AttributeConfig, extract
+from enrich.catalog import listing_texts
+from enrich.llm import LLMConfig, cache_root, describe as describe_llm, load_chooser
+from enrich.prompts import load_prompt
+from enrich.taxonomy import TaxonomyConfig, TaxonomyIndex, load_taxonomy, map_listing
+
+DESCRIBE_SCHEMA = {
+    "id": pl.String,
+    "attributes": pl.String,
+    "attribute_tags": pl.List(pl.String),
+    "attribute_tag_scores": pl.List(pl.Float64),
+    "taxonomy_id": pl.String,
+    "taxonomy_path": pl.String,
+    "taxonomy_score": pl.Float64,
+    "llm_notes": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class DescribeConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    attributes: AttributeConfig = field(default_factory=AttributeConfig)
+    taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
+    taxonomy_source: str = ""  # a Shopify release folder; empty: the taxonomy shipped with enrich
+    use_cache: bool = True  # answers cached in <cache>/llm_answers.sqlite
+
+
+class Describer:
+    """Everything the stage loads once: the chooser, the prompts, the taxonomy and its vectors, the cache."""
+
+    def __init__(self, config: DescribeConfig, encoder, chooser=None):
+        self.config = config
+        self.encoder = encoder
+        if config.taxonomy.choose not in ("model", "nearest"):
+            raise ValueError(f"taxonomy choice must be 'model' or 'nearest', not {config.taxonomy.choose!r}")
+        use_model = config.attributes.ask_model or config.taxonomy.choose == "model"
+        self.chooser = chooser if chooser is not None else (load_chooser(config.llm) if use_model else None)
+        self.attribute_prompt = load_prompt("attribute", config.attributes.prompt_version)
+        self.taxonomy_prompt = load_prompt("taxonomy", config.taxonomy.prompt_version)
+        self.taxonomy = load_taxonomy(Path(config.taxonomy_source) if config.taxonomy_source else None)
+        root = cache_root(config.llm)
+        self.taxonomy_index = TaxonomyIndex(self.taxonomy, encoder, root / "taxonomy")
+        self.cache = AnswerCache(root / "llm_answers.sqlite") if config.use_cache and self.chooser else None
+
+    def manifest(self) -> dict:
+        return {
+            "llm": self.chooser.description if self.chooser else None,
+            "llm_config": describe_llm(self.config.llm),
+            "prompts": {p.name: p.sha256 for p in (self.attribute_prompt, self.taxonomy_prompt)},
+            "taxonomy": {"version": self.taxonomy.version, "categories": len(self.taxonomy)},
+            "attributes": asdict(self.config.attributes),
+            "taxonomy_config": asdict(self.config.taxonomy),
+        }
+
+
+def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = False) -> pl.DataFrame:
+    """Attributes and taxonomy for the rows whose status is ok; other rows keep nulls."""
+    ok_mask = (frame["status"] == "ok").to_numpy()
+    ok = frame.filter(pl.Series(ok_mask))
+    vectors = describer.encoder.encode(listing_texts(ok), progress=progress, desc="embedding for taxonomy")
+    rows, sims = describer.taxonomy_index.candidates(vectors, describer.config.taxonomy.candidates)
+    records = []
+    for i, listing in enumerate(tqdm(ok.iter_rows(named=True), total=ok.height, desc="describing", unit="listing",
+                                     disable=not progress, leave=False)):
+        config = describer.config
+        found = extract(listing["title"], listing["brand"], listing["text"] or "",
+                        describer.chooser if config.attributes.ask_model else None,
+                        describer.attribute_prompt, config.attributes, describer.cache)
+        mapped = map_listing(listing["title"], listing["text"] or "", rows[i], sims[i], describer.taxonomy,
+                             describer.chooser if config.taxonomy.choose == "model" else None,
+                             describer.taxonomy_prompt, describer.cache)
+        tags = found.tags()
+        records.append({
+            "attributes": json.dumps(found.attributes, ensure_ascii=False),
+            "attribute_tags": [t for t, _ in tags],
+            "attribute_tag_scores": [s for _, s in tags],
+            "taxonomy_id": mapped.taxonomy_id,
+            "taxonomy_path": mapped.taxonomy_path,
+            "taxonomy_score": mapped.score,
+            "llm_notes": "; ".join(found.errors + ([mapped.error] if mapped.error else [])),
+        })
+    described = pl.DataFrame(records, schema={k: v for k, v in DESCRIBE_SCHEMA.items() if k != "id"})
+    slot = np.full(frame.height, -1)
+    slot[ok_mask] = np.arange(ok.height)
+    out = frame.select("id").with_columns(pl.Series("_slot", slot))
+    out = out.join(described.with_row_index("_slot").with_columns(pl.col("_slot").cast(pl.Int64)), on="_slot",
+                   how="left", maintain_order="left")
+    return out.select(list(DESCRIBE_SCHEMA)).cast(DESCRIBE_SCHEMA)
+
+
+def describe_catalog(frame: pl.DataFrame, describer: Describer, out: Path, progress: bool = False) -> dict:
+    """`enrich attributes`: describe a loaded catalog, write the table and its manifest atomically."""
+    from enrich.catalog import write_table, write_text_atomically
+
+    started = time.time()
+    described = describe_frame(frame, describer, progress)
+    result = pl.concat([described.select("id"), frame.select("status"), described.drop("id")], how="horizontal")
+    # A field the model answered badly twice is left empty; the row says so instead of failing the batch.
+    result = result.with_columns(
+        pl.when((pl.col("status") == "ok") & (pl.col("llm_notes").fill_null("") != ""))
+        .then(pl.lit("partial: ") + pl.col("llm_notes")).otherwise(pl.col("status")).alias("status"))
+    write_table(result, out)
+    elapsed = time.time() - started
+    manifest = describer.manifest() | {
+        "rows": frame.height, "described": int((frame["status"] == "ok").sum()), "seconds": round(elapsed, 2),
+        "cache": {"hits": describer.cache.hits, "misses": describer.cache.misses} if describer.cache else None,
+    }
+    write_text_atomically(Path(f"{out}.manifest.json"), json.dumps(manifest, indent=1, default=str))
+    return manifest

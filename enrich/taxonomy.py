@@ -1,0 +1,142 @@
+"""Mapping listings to the Shopify Standard Product Taxonomy.
+
+Two steps, so that the answer is always a real taxonomy node: the encoder retrieves the categories whose
+path reads most like the listing, then the generative model picks one of those candidates by likelihood
+(`llm.LocalChooser`) or, on a chat server, by naming it (`llm.ChatChooser`, answers outside the candidates
+refused). A listing that tells the model to answer something else can only move it among the candidates.
+
+The taxonomy ships inside the package as one table (id, full path) made from Shopify's category YAML files
+(MIT, licence beside it); `--taxonomy DIR` reads a newer release's `data/categories` folder instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import yaml
+
+SHIPPED = Path(__file__).parent / "taxonomy_data" / "shopify_categories.tsv"
+SEPARATOR = " > "
+
+
+@dataclass(frozen=True)
+class TaxonomyConfig:
+    candidates: int = 8  # categories retrieved by embedding, among which the model chooses
+    choose: str = "model"  # "model": the LLM picks among the candidates; "nearest": the top candidate by cosine
+    prompt_version: int | None = None  # prompts/taxonomy.v<N>.yaml; None: the newest released
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    ids: tuple[str, ...]
+    paths: tuple[str, ...]
+    version: str  # the release, or a hash of the table
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(f"{i}\t{p}" for i, p in zip(self.ids, self.paths)).encode()).hexdigest()[:16]
+
+
+def categories_from_yaml(folder: Path) -> pl.DataFrame:
+    """Shopify's `data/categories/*.yml` as a table of (id, path), parents before children."""
+    nodes = {}
+    for file in sorted(Path(folder).glob("*.yml")):
+        for node in yaml.safe_load(file.read_text()) or []:
+            nodes[node["id"]] = node
+    if not nodes:
+        raise ValueError(f"no category YAML files in {folder}")
+    parent = {child: node["id"] for node in nodes.values() for child in node.get("children", [])}
+
+    def path(node_id: str) -> str:
+        names = []
+        while node_id:
+            names.append(nodes[node_id]["name"])
+            node_id = parent.get(node_id)
+        return SEPARATOR.join(reversed(names))
+
+    rows = [(node_id, path(node_id)) for node_id in nodes]
+    return pl.DataFrame(rows, schema=["id", "path"], orient="row").sort("path")
+
+
+def load_taxonomy(source: Path | None = None) -> Taxonomy:
+    """The shipped taxonomy, a table written by `categories_from_yaml`, or a release's categories folder."""
+    source = Path(source) if source else SHIPPED
+    if source.is_dir():
+        folder = source / "data" / "categories" if (source / "data" / "categories").is_dir() else source
+        table = categories_from_yaml(folder)
+        version_file = folder.parent.parent / "VERSION"
+        version = version_file.read_text().strip() if version_file.exists() else ""
+    elif source.exists():
+        table = pl.read_csv(source, separator="\t", schema={"id": pl.String, "path": pl.String})
+        version_file = source.parent / "VERSION"
+        version = version_file.read_text().strip() if version_file.exists() else ""
+    else:
+        raise ValueError(f"no taxonomy at {source}")
+    taxonomy = Taxonomy(ids=tuple(table["id"]), paths=tuple(table["path"]), version=version)
+    return Taxonomy(taxonomy.ids, taxonomy.paths, version or taxonomy.fingerprint)
+
+
+def path_prefix(path: str, depth: int) -> str:
+    """The first `depth` levels of a path: accuracy at Shopify depth 2 compares these."""
+    return SEPARATOR.join(path.split(SEPARATOR)[:depth])
+
+
+class TaxonomyIndex:
+    """The taxonomy's paths embedded once (cached on disk by taxonomy and encoder), searched exactly."""
+
+    def __init__(self, taxonomy: Taxonomy, encoder, cache_dir: Path | None = None):
+        self.taxonomy = taxonomy
+        key = hashlib.sha256(f"{taxonomy.fingerprint}{encoder.describe()['fingerprint']}".encode()).hexdigest()[:16]
+        cached = Path(cache_dir) / f"taxonomy-{key}.npy" if cache_dir else None
+        if cached is not None and cached.exists():
+            self.vectors = np.load(cached, allow_pickle=False)
+        else:
+            self.vectors = encoder.encode(list(taxonomy.paths))
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f".{cached.name}.{id(self)}.npy")
+                np.save(tmp, self.vectors, allow_pickle=False)
+                tmp.replace(cached)
+
+    def candidates(self, listing_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k category rows and cosines for each listing, most similar first."""
+        k = min(k, len(self.taxonomy))
+        sims = listing_vectors @ self.vectors.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        return top, np.take_along_axis(sims, top, axis=1)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    taxonomy_id: str | None
+    taxonomy_path: str | None
+    score: float | None  # the chosen candidate's share of the model's choice; the cosine when not asked
+    retrieved_path: str | None  # the nearest category by embedding alone (the baseline the model must beat)
+    error: str = ""
+
+
+def map_listing(title: str, text: str, candidate_rows: np.ndarray, candidate_sims: np.ndarray, taxonomy: Taxonomy,
+                chooser, template, cache=None) -> Mapping:
+    """Let the model choose among the retrieved candidates; without a chooser, take the nearest."""
+    from enrich.attributes import ask, choice_share
+
+    paths = [taxonomy.paths[r] for r in candidate_rows]
+    nearest = paths[0]
+    if chooser is None:  # config.choose == "nearest", or no model loaded
+        row = int(candidate_rows[0])
+        return Mapping(taxonomy.ids[row], nearest, round(float(candidate_sims[0]), 4), nearest)
+    prompt = template.render(title=title, text=chooser.cut_listing(text), options=paths)
+    choice = ask(chooser, cache, template, prompt, paths)
+    if not choice.ok:
+        return Mapping(None, None, None, nearest, f"taxonomy: {choice.error}")
+    row = int(candidate_rows[choice.index])
+    return Mapping(taxonomy.ids[row], taxonomy.paths[row], choice_share(choice.scores, choice.index), nearest)
