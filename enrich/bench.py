@@ -183,6 +183,83 @@ def benchmark(catalog: Path, seed: int = 0, with_tagger: bool = True) -> dict:
     return results
 
 
+LABELLED = Path(__file__).resolve().parent.parent / "tests" / "data" / "labelled_listings.jsonl"
+
+
+def llm_benchmark(labelled: Path = LABELLED) -> dict:
+    """The LLM stage on the hand-labelled listings: rules and nearest-category baselines beside the model."""
+    from enrich.attributes import FIELD_NAMES, AnswerCache, AttributeConfig
+    from enrich.describe import DescribeConfig, Describer, describe_frame
+    from enrich.evaluate import attribute_scores, taxonomy_scores
+    from enrich.taxonomy import TaxonomyConfig
+
+    rows = [json.loads(line) for line in labelled.read_text().splitlines()]
+    frame = pl.DataFrame({"id": [r["id"] for r in rows], "title": [r["title"] for r in rows],
+                          "brand": [r["brand"] for r in rows], "text": [r["text"] for r in rows], "status": ["ok"] * len(rows)})
+    labels = [r["attributes"] for r in rows]
+    accepted = [[t["path"] for t in r["taxonomy"]] for r in rows]
+    encoder = Encoder()
+    runs = {
+        "baseline: first span found, nearest category": DescribeConfig(
+            attributes=AttributeConfig(ask_model=False), taxonomy=TaxonomyConfig(choose="nearest"), use_cache=False),
+        "model chooses attributes, nearest category (default)": DescribeConfig(use_cache=False),
+        "model chooses both": DescribeConfig(taxonomy=TaxonomyConfig(choose="model"), use_cache=False),
+    }
+    results = {"listings": len(rows), "labelled": str(labelled.name)}
+    for name, config in runs.items():
+        started = time.perf_counter()
+        describer = Describer(config, encoder)
+        loaded = time.perf_counter()
+        described = describe_frame(frame, describer)
+        seconds = time.perf_counter() - loaded
+        results[name] = {
+            "attributes": attribute_scores([json.loads(a) for a in described["attributes"]], labels, FIELD_NAMES),
+            "taxonomy": taxonomy_scores(described["taxonomy_path"].to_list(), accepted),
+            "seconds": seconds, "listings_per_s": len(rows) / seconds, "load_seconds": loaded - started,
+            "model": describer.chooser.description if describer.chooser else None,
+        }
+    # Re-describing the same batch: the answers come from the cache.
+    with tempfile.TemporaryDirectory() as scratch:
+        describer = Describer(runs["model chooses both"], encoder)
+        describer.cache = AnswerCache(Path(scratch) / "answers.sqlite")
+        describe_frame(frame, describer)
+        started = time.perf_counter()
+        describe_frame(frame, describer)
+        results["cached rerun"] = {"seconds": time.perf_counter() - started, "hits": describer.cache.hits,
+                                   "misses": describer.cache.misses}
+    return results
+
+
+def llm_markdown(r: dict) -> str:
+    f = lambda x: "-" if x is None else f"{x:.3f}"
+    ours = r["model chooses attributes, nearest category (default)"]
+    both, base = r["model chooses both"], r["baseline: first span found, nearest category"]
+    lines = [f"| measure ({r['listings']} hand-labelled listings) | enrich default: model picks attributes, nearest category "
+             "| model picks the category too | baseline: first span found, nearest category | bar |", "|---|---|---|---|---|"]
+    for scope in ("all", "without brand"):
+        a, b = ours["attributes"][scope], base["attributes"][scope]
+        bar = ">= 0.90" if scope == "all" else ""
+        lines.append(f"| attribute precision, {scope} fields | **{f(a['precision'])}** ({a['right']}/{a['predicted']}) | "
+                     f"(same) | {f(b['precision'])} ({b['right']}/{b['predicted']}) | {bar} |")
+        lines.append(f"| attribute coverage, {scope} fields | {f(a['coverage'])} ({a['right']}/{a['labelled']}) | "
+                     f"(same) | {f(b['coverage'])} | report |")
+    for name, a in ours["attributes"]["fields"].items():
+        b = base["attributes"]["fields"][name]
+        lines.append(f"| &nbsp;&nbsp;{name}: precision / coverage | {f(a['precision'])} / {f(a['coverage'])} | | "
+                     f"{f(b['precision'])} / {f(b['coverage'])} | |")
+    for depth, bar in (("depth 1", "report"), ("depth 2", ">= 0.80"), ("depth 3", "report"), ("full depth", "report")):
+        lines.append(f"| Shopify taxonomy accuracy, {depth} | {f(ours['taxonomy'][depth])} | {f(both['taxonomy'][depth])} | "
+                     f"(same as default) | {bar} |")
+    model = both["model"] or {}
+    lines.append(f"| listings/s on this CPU ({model.get('model')}, {model.get('dtype')}; model load "
+                 f"{both['load_seconds']:.1f} s) | {ours['listings_per_s']:.2f} | {both['listings_per_s']:.2f} | "
+                 f"{base['listings_per_s']:.1f} | report |")
+    c = r["cached rerun"]
+    lines.append(f"| the same batch again (model picks both), answers from the cache | {c['seconds']:.1f} s "
+                 f"({c['hits']} look-ups; {c['misses']} questions asked the first time) | | | |")
+    return "\n".join(lines)
+
+
 def to_markdown(r: dict) -> str:
     f = lambda x: f"{x:.3f}"
     m = r["eval"]
@@ -237,13 +314,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out"))
     parser.add_argument("--no-tagger", action="store_true", help="skip fine-tuning (about 10 minutes on 2 cores)")
+    parser.add_argument("--llm-only", action="store_true", help="only the LLM stage on the hand-labelled listings")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    llm = llm_benchmark()
+    (args.out / "bench-llm.json").write_text(json.dumps(llm, indent=1))
+    (args.out / "bench-llm.md").write_text(llm_markdown(llm) + "\n")
+    print(llm_markdown(llm))
+    if args.llm_only:
+        return 0
     if not args.catalog.exists():
         print(f"bench: {args.catalog} not found (the shared data folder is needed for the benchmark)", file=sys.stderr)
         return 2
     results = benchmark(args.catalog, args.seed, with_tagger=not args.no_tagger)
     table = to_markdown(results)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=1))
     (args.out / "bench.md").write_text(table + "\n")
     print(f"\nmachine: {results['machine']}; catalog {results['catalog']}, 80/20 split, seed {results['seed']}\n")

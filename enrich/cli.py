@@ -38,8 +38,9 @@ def _llm_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--llm-base-url", help="openai backend: the server, e.g. http://localhost:8000/v1")
     group.add_argument("--attributes-by", choices=["model", "rules"], default="model",
                        help="model: the LLM picks among the spans found (default); rules: the first span found")
-    group.add_argument("--taxonomy-by", choices=["model", "nearest"], default="model",
-                       help="model: the LLM picks among the retrieved categories (default); nearest: the closest by embedding")
+    group.add_argument("--taxonomy-by", choices=["model", "nearest"], default="nearest",
+                       help="nearest: the closest category by embedding (default, measured better with the 135M model); "
+                       "model: the LLM picks among the retrieved candidates")
     group.add_argument("--taxonomy", help="a Shopify product-taxonomy release folder (default: the one shipped)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the LLM answer cache")
 

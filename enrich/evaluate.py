@@ -352,3 +352,44 @@ def write_report(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
 
     written += plots.write_all(evaluation, out_dir)
     return written
+
+
+def attribute_scores(predicted: list[dict], labels: list[dict], fields: tuple[str, ...]) -> dict:
+    """Precision (predicted values that are right) and coverage (labelled values found) per field and overall.
+
+    A label is the list of values a reader accepts for a field (empty: the listing does not say); a value
+    is right when it is one of them, compared without case.
+    """
+    per_field = {}
+    for name in fields:
+        made = right = labelled = 0
+        for values, label in zip(predicted, labels):
+            accepted = {v.casefold() for v in label[name]}
+            labelled += bool(accepted)
+            if values.get(name) is not None:
+                made += 1
+                right += str(values[name]).casefold() in accepted
+        per_field[name] = {"predicted": made, "right": right, "labelled": labelled,
+                           "precision": right / made if made else None, "coverage": right / labelled if labelled else None}
+
+    def overall(names) -> dict:
+        made = sum(per_field[n]["predicted"] for n in names)
+        right = sum(per_field[n]["right"] for n in names)
+        labelled = sum(per_field[n]["labelled"] for n in names)
+        return {"predicted": made, "right": right, "labelled": labelled,
+                "precision": right / made if made else None, "coverage": right / labelled if labelled else None}
+
+    return {"fields": per_field, "all": overall(fields), "without brand": overall([n for n in fields if n != "brand"])}
+
+
+def taxonomy_scores(predicted_paths: list[str | None], accepted_paths: list[list[str]], depths=(1, 2, 3)) -> dict:
+    """Accuracy at Shopify depth d (the first d levels equal one accepted path's) and at full depth."""
+    from enrich.taxonomy import path_prefix
+
+    scores = {}
+    for depth in depths:
+        hits = [p is not None and any(path_prefix(p, depth) == path_prefix(a, depth) for a in accepted)
+                for p, accepted in zip(predicted_paths, accepted_paths)]
+        scores[f"depth {depth}"] = float(np.mean(hits))
+    scores["full depth"] = float(np.mean([p in accepted for p, accepted in zip(predicted_paths, accepted_paths)]))
+    return scores

@@ -95,6 +95,7 @@ def _frame(rows: list[dict]) -> pl.DataFrame:
 
 
 def _describer(encoder, chooser, small_taxonomy, **config) -> Describer:
+    config.setdefault("taxonomy", TaxonomyConfig(choose="model"))
     return Describer(DescribeConfig(llm=LLMConfig(model="tiny"), taxonomy_source=str(small_taxonomy), **config),
                      encoder, chooser=chooser)
 
