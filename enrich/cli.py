@@ -29,6 +29,21 @@ def _columns(args: argparse.Namespace) -> Columns:
     )
 
 
+def _engine_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: this process (default); ray: embedding and enrichment on Ray Data actors")
+    group.add_argument("--ray-address", default="", help="a Ray cluster ('auto', 'ray://head:10001'); default RAY_ADDRESS, "
+                       "else a local Ray instance")
+    group.add_argument("--workers", type=int, default=0, help="Ray actors (default: one per GPU, else one per core)")
+
+
+def _engine(args: argparse.Namespace):
+    from enrich.engine import EngineConfig
+
+    return EngineConfig(name=args.engine, address=args.ray_address, workers=args.workers)
+
+
 def _llm_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("LLM stage (flags, then ENRICH_LLM_BACKEND / _MODEL / _BASE_URL)")
     group.add_argument("--llm-backend", choices=["local", "openai"],
@@ -71,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="update the index in --out to this catalog without a rebuild: add new listings, mark delisted ones deleted")
     index.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(index)
+    _engine_flags(index)
 
     run = commands.add_parser("run", help="enrich new listings")
     run.add_argument("new", help="new listings (.csv, .parquet, .jsonl)")
@@ -87,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(run)
     _llm_flags(run)
+    _engine_flags(run)
 
     attributes = commands.add_parser("attributes", help="the LLM stage alone: grounded attributes and a Shopify taxonomy node")
     attributes.add_argument("listings", help="listings (.csv, .parquet, .jsonl)")
@@ -134,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 lines = summary.lines("usable") + [f"  unchanged listings kept without re-embedding: {summary.reused_embeddings}",
                                                    f"index updated in {args.out}"]
             else:
-                summary = build_index(args.reference, args.out, columns, progress=progress, tagger_dir=args.model)
+                summary = build_index(args.reference, args.out, columns, progress=progress, tagger_dir=args.model,
+                                      engine=_engine(args))
                 lines = summary.lines("indexed") + [f"  embeddings reused from the earlier build: {summary.reused_embeddings}",
                                                     f"index written to {args.out}"]
         elif args.command == "eval":
@@ -178,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 describer = _describer(args, Encoder(config.encoder))
             summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference,
                              columns=columns, config=config, progress=progress, tagger_dir=args.model,
-                             part_rows=args.part_rows, describer=describer)
+                             part_rows=args.part_rows, describer=describer, engine=_engine(args))
             lines = summary.lines("enriched") + [f"output written to {args.out}"]
     except (CatalogError, ValueError, FileNotFoundError) as e:
         print(f"enrich: error: {e}", file=sys.stderr)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from enrich.catalog import (CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, write_table,
                             write_text_atomically)
 from enrich.embed import Encoder, EncoderConfig, text_hashes
+from enrich.engine import EngineConfig
 from enrich.lexical import Lexical, LexicalConfig, pairwise_cosine
 from enrich.neighbors import IndexConfig, NeighborIndex
 from enrich.prior import Evidence, ExposurePrior, PriorConfig, brand_key
@@ -188,15 +189,18 @@ def build_index(
     progress: bool = True,
     encoder: Encoder | None = None,
     tagger_dir: str | Path | None = None,
+    engine: EngineConfig = EngineConfig(),
 ) -> Summary:
     """Embed the reference catalog, build the hnswlib index and fit the prior; write them to `out_dir`.
 
     `tagger_dir`, a fine-tuned tagger, is recorded in the manifest: `enrich run` then uses it by default.
+    With `engine` Ray, the embedding runs on Ray Data actors; the rest in this process.
     """
     started = time.perf_counter()
     frame = load_catalog(reference_path, columns, config.cleaning, reference=True)
     return build_index_from_frame(frame, out_dir, source=str(reference_path), columns=columns, config=config,
-                                  progress=progress, encoder=encoder, started=started, tagger_dir=tagger_dir)
+                                  progress=progress, encoder=encoder, started=started, tagger_dir=tagger_dir,
+                                  engine=engine)
 
 
 def build_index_from_frame(
@@ -209,6 +213,7 @@ def build_index_from_frame(
     encoder: Encoder | None = None,
     started: float | None = None,
     tagger_dir: str | Path | None = None,
+    engine: EngineConfig = EngineConfig(),
 ) -> Summary:
     """`build_index` for a catalog already loaded with `load_catalog(..., reference=True)`."""
     started = started or time.perf_counter()
@@ -224,7 +229,11 @@ def build_index_from_frame(
     hashes = text_hashes(texts, _embedding_cache_key(encoder))
     found, embeddings = _cached_embeddings(out_dir, encoder, hashes)
     todo = np.flatnonzero(~found)
-    if len(todo):
+    if len(todo) and engine.is_ray:
+        from enrich.engine import embed_with_ray
+
+        embeddings[todo] = embed_with_ray([texts[i] for i in todo], encoder.config, engine)
+    elif len(todo):
         embeddings[todo] = encoder.encode([texts[i] for i in todo], progress=progress, desc="embedding reference")
 
     neighbors = NeighborIndex.build(embeddings, config.index)
@@ -504,6 +513,17 @@ def add_description(enriched: pl.DataFrame, described: pl.DataFrame) -> pl.DataF
     ).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
 
 
+def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig,
+                tagger: Tagger | None = None, describer=None) -> pl.DataFrame:
+    """One part of a run's output: `enrich_frame`, then the LLM stage's columns when there is a describer."""
+    enriched = enrich_frame(chunk, index, encoder, config, False, tagger)
+    if describer is None:
+        return enriched
+    from enrich.describe import describe_frame
+
+    return add_description(enriched, describe_frame(chunk, describer))
+
+
 def enrich(
     new_path: str | Path,
     out_path: str | Path,
@@ -516,6 +536,7 @@ def enrich(
     tagger_dir: str | Path | None = None,
     part_rows: int = 10_000,
     describer=None,
+    engine: EngineConfig = EngineConfig(),
 ) -> Summary:
     """Enrich new listings against an index folder, or build one from `reference_path` first (one shot).
 
@@ -524,6 +545,7 @@ def enrich(
     killed at any point and started again with the same arguments keeps the parts it finished, so its
     final output equals an uninterrupted run's. The parts are removed once the output is written.
     With a `describe.Describer`, each part also gets the LLM stage's attributes and taxonomy node.
+    With `engine` Ray, the pending parts are enriched by a pool of Ray Data actors (see `enrich.engine`).
     """
     started = time.perf_counter()
     if (index_dir is None) == (reference_path is None):
@@ -544,7 +566,8 @@ def enrich(
         index_dir = parts / "index"
         encoder = Encoder(config.encoder)
         if not (index_dir / "manifest.json").exists():
-            build_index(reference_path, index_dir, reference_columns or columns, config, progress, encoder=encoder)
+            build_index(reference_path, index_dir, reference_columns or columns, config, progress, encoder=encoder,
+                        engine=engine)
         index_source = {"reference": str(reference_path)}
     else:
         encoder = encoder_for(index_dir)
@@ -556,18 +579,29 @@ def enrich(
     tagger = Tagger.load(tagger_dir) if tagger_dir else None
 
     starts = list(range(0, frame.height, part_rows)) or [0]
-    with tqdm(total=frame.height, desc="enriching", unit="listing", disable=not progress) as bar:
-        for number, start in enumerate(starts):
-            part = parts / f"part-{number:05d}.parquet"
-            chunk = frame.slice(start, part_rows)
-            if not part.exists():
-                enriched = enrich_frame(chunk, index, encoder, config, False, tagger)
-                if describer is not None:
-                    from enrich.describe import describe_frame
 
-                    enriched = add_description(enriched, describe_frame(chunk, describer))
-                write_table(enriched, part)
-            bar.update(chunk.height)
+    def part_file(number: int) -> Path:
+        return parts / f"part-{number:05d}.parquet"
+
+    with tqdm(total=frame.height, desc="enriching", unit="listing", disable=not progress) as bar:
+        todo = {}
+        for number, start in enumerate(starts):
+            chunk = frame.slice(start, part_rows)
+            if part_file(number).exists():
+                bar.update(chunk.height)
+            else:
+                todo[number] = chunk
+        if engine.is_ray and todo:
+            from enrich.engine import enrich_parts_with_ray
+
+            describe_config = describer.config if describer is not None else None
+            for number, enriched in enrich_parts_with_ray(todo, index_dir, config, tagger_dir, describe_config, engine):
+                write_table(enriched.select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA), part_file(number))
+                bar.update(todo[number].height)
+        else:
+            for number, chunk in todo.items():
+                write_table(enrich_part(chunk, index, encoder, config, tagger, describer), part_file(number))
+                bar.update(chunk.height)
     output = pl.concat([pl.read_parquet(parts / f"part-{n:05d}.parquet") for n in range(len(starts))])
     summary = _summary(frame, started)
     write_table(output, out_path)
@@ -582,6 +616,7 @@ def enrich(
         "tagger": {"path": str(tagger_dir), **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
         "packages": _package_versions(),
         "describe": describer.manifest() if describer else None,
+        "engine": asdict(engine),
         "summary": asdict(summary),
     }
     write_text_atomically(Path(str(out_path) + ".manifest.json"), json.dumps(manifest, indent=1, default=str))
