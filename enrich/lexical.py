@@ -68,8 +68,18 @@ class Lexical:
         return cls(vectorizer, config)
 
 
-def pairwise_cosine(queries: sp.csr_matrix, reference: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
-    """Cosine between each query row and its own candidate reference rows (TF-IDF rows are unit length)."""
-    rows = np.repeat(np.arange(queries.shape[0]), candidates.shape[1])
-    products = queries[rows].multiply(reference[candidates.ravel()]).sum(axis=1)
-    return np.asarray(products, dtype=np.float32).reshape(candidates.shape)
+def pairwise_cosine(queries: sp.csr_matrix, reference: sp.csr_matrix, candidates: np.ndarray,
+                    pairs_per_chunk: int = 200_000) -> np.ndarray:
+    """Cosine between each query row and its own candidate reference rows (TF-IDF rows are unit length).
+
+    Computed a chunk of queries at a time: the stacked row pairs of a whole 100k catalog with 50 candidates
+    each took gigabytes, a chunk takes a few megabytes.
+    """
+    out = np.zeros(candidates.shape, dtype=np.float32)
+    step = max(1, pairs_per_chunk // max(candidates.shape[1], 1))
+    for start in range(0, queries.shape[0], step):
+        block = candidates[start: start + step]
+        rows = np.repeat(np.arange(start, start + block.shape[0]), block.shape[1])
+        products = queries[rows].multiply(reference[block.ravel()]).sum(axis=1)
+        out[start: start + block.shape[0]] = np.asarray(products, dtype=np.float32).reshape(block.shape)
+    return out

@@ -268,7 +268,7 @@ def build_index_from_frame(
         np.save(folder / "embeddings.npy", embeddings)
         neighbors.save(str(folder / "hnsw.bin"))
         lexical.save(folder)
-        sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix)
+        sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix, compressed=False)  # zlib cost seconds at 100k
         prior.save(folder)
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
@@ -353,7 +353,7 @@ def update_index(
         frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / "refused.parquet")
         np.save(folder / "embeddings.npy", embeddings)
         graph.save_index(str(folder / "hnsw.bin"))
-        sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix)
+        sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix, compressed=False)  # zlib cost seconds at 100k
         for name in unchanged_files:
             shutil.copy2(source_folder / name, folder / name)
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -63,3 +63,16 @@ def test_save_and_load_give_the_same_prior(fitted, tmp_path):
     vectors, _, brands = synthetic_catalog(50, seed=2)
     evidence = evidence_for(index, vectors, engagement, brands)
     assert np.array_equal(prior.predict(evidence).expected, loaded.predict(evidence).expected)
+
+
+def test_pairwise_lexical_cosine_is_the_same_in_chunks_as_row_by_row():
+    from enrich.lexical import pairwise_cosine
+
+    rng = np.random.default_rng(0)
+    queries = sp.random(300, 200, density=0.05, format="csr", random_state=1, dtype=np.float32)
+    reference = sp.random(250, 200, density=0.05, format="csr", random_state=2, dtype=np.float32)
+    candidates = rng.integers(0, 250, (300, 7))
+    expected = np.array([[queries[i].multiply(reference[j]).sum() for j in row] for i, row in enumerate(candidates)])
+    for chunk in (1, 10, 10_000):
+        np.testing.assert_allclose(pairwise_cosine(queries, reference, candidates, pairs_per_chunk=chunk), expected,
+                                   rtol=1e-5, atol=1e-6)
