@@ -110,24 +110,23 @@ def _unique(spans: list[Span]) -> list[Span]:
     return out
 
 
-def colour_spans(text: str) -> list[Span]:
+def _vocabulary_spans(text: str, label: re.Pattern, words: re.Pattern, vocabulary: dict[str, str]) -> list[Span]:
+    """Words of a vocabulary: the ones right after the field's label first (labelled), then all the others."""
     spans = []
-    for label in _COLOUR_LABEL.finditer(text):
-        first = _COLOUR_WORDS.match(label.group(1).strip())
+    for labelled in label.finditer(text):
+        first = words.match(labelled.group(1).strip())
         if first:
-            spans.append(Span(COLOURS[first.group(1).lower()], True))
-    spans += [Span(COLOURS[m.group(1).lower()], False) for m in _COLOUR_WORDS.finditer(text)]
+            spans.append(Span(vocabulary[first.group(1).lower()], True))
+    spans += [Span(vocabulary[m.group(1).lower()], False) for m in words.finditer(text)]
     return _unique(spans)
+
+
+def colour_spans(text: str) -> list[Span]:
+    return _vocabulary_spans(text, _COLOUR_LABEL, _COLOUR_WORDS, COLOURS)
 
 
 def material_spans(text: str) -> list[Span]:
-    spans = []
-    for label in _MATERIAL_LABEL.finditer(text):
-        first = _MATERIAL_WORDS.match(label.group(1).strip())
-        if first:
-            spans.append(Span(MATERIALS[first.group(1).lower()], True))
-    spans += [Span(MATERIALS[m.group(1).lower()], False) for m in _MATERIAL_WORDS.finditer(text)]
-    return _unique(spans)
+    return _vocabulary_spans(text, _MATERIAL_LABEL, _MATERIAL_WORDS, MATERIALS)
 
 
 def age_spans(text: str) -> list[Span]:

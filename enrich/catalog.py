@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from selectolax.lexbor import LexborHTMLParser
 
@@ -259,6 +260,16 @@ def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: 
     for condition, message in reversed(rules):
         status = pl.when(condition).then(message).otherwise(status)
     return status
+
+
+def put_back(frame: pl.DataFrame, ok_mask: np.ndarray, computed: pl.DataFrame, keep: list[str]) -> pl.DataFrame:
+    """`computed` (one row per ok row, in order) placed among all of frame's rows, in input order; the rows
+    that were not ok get nulls. `keep` are frame's own columns to carry along."""
+    slot = np.full(frame.height, -1)
+    slot[ok_mask] = np.arange(int(ok_mask.sum()))
+    rows = frame.select(keep).with_columns(pl.Series("_slot", slot))
+    computed = computed.with_row_index("_slot").with_columns(pl.col("_slot").cast(pl.Int64))
+    return rows.join(computed, on="_slot", how="left", maintain_order="left").drop("_slot")
 
 
 def listing_texts(frame: pl.DataFrame) -> list[str]:

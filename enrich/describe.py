@@ -13,12 +13,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
 from enrich.attributes import AnswerCache, AttributeConfig, extract
-from enrich.catalog import listing_texts
+from enrich.catalog import listing_texts, put_back
 from enrich.llm import LLMConfig, cache_root, describe as describe_llm, load_chooser
 from enrich.prompts import load_prompt
 from enrich.taxonomy import TaxonomyConfig, TaxonomyIndex, load_taxonomy, map_listing
@@ -99,12 +98,7 @@ def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = F
             "llm_notes": "; ".join(found.errors + ([mapped.error] if mapped.error else [])),
         })
     described = pl.DataFrame(records, schema={k: v for k, v in DESCRIBE_SCHEMA.items() if k != "id"})
-    slot = np.full(frame.height, -1)
-    slot[ok_mask] = np.arange(ok.height)
-    out = frame.select("id").with_columns(pl.Series("_slot", slot))
-    out = out.join(described.with_row_index("_slot").with_columns(pl.col("_slot").cast(pl.Int64)), on="_slot",
-                   how="left", maintain_order="left")
-    return out.select(list(DESCRIBE_SCHEMA)).cast(DESCRIBE_SCHEMA)
+    return put_back(frame, ok_mask, described, ["id"]).select(list(DESCRIBE_SCHEMA)).cast(DESCRIBE_SCHEMA)
 
 
 def describe_catalog(frame: pl.DataFrame, describer: Describer, out: Path, progress: bool = False) -> dict:

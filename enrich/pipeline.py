@@ -22,7 +22,7 @@ import polars as pl
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from enrich.catalog import (CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, write_table,
+from enrich.catalog import (CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, put_back, write_table,
                             write_text_atomically)
 from enrich.embed import Encoder, EncoderConfig, text_hashes
 from enrich.engine import EngineConfig
@@ -490,13 +490,8 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
         "exposure_prior_high": estimate.high,
         "prior_evidence": estimate.evidence,
     }, schema={k: v for k, v in OUTPUT_SCHEMA.items() if k not in ("id", "status", "notes", *_DESCRIBED)})
-    # Put the enriched rows back among the refused ones, in input order.
-    slot = np.full(frame.height, -1)
-    slot[ok_mask] = np.arange(ok.height)
-    out = frame.select("id", "status", "notes").with_columns(pl.Series("_slot", slot))
-    out = out.join(enriched.with_row_index("_slot").with_columns(pl.col("_slot").cast(pl.Int64)), on="_slot", how="left",
-                   maintain_order="left").with_columns(pl.lit(None).alias(c) for c in _DESCRIBED)
-    return out.select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
+    out = put_back(frame, ok_mask, enriched, ["id", "status", "notes"])
+    return out.with_columns(pl.lit(None).alias(c) for c in _DESCRIBED).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
 
 
 def add_description(enriched: pl.DataFrame, described: pl.DataFrame) -> pl.DataFrame:
