@@ -109,27 +109,31 @@ class Encoder:
         }
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], progress: bool = False, desc: str = "embedding") -> np.ndarray:
+    def encode(self, texts: list[str], progress: bool = False, desc: str = "embedding",
+               chunk: int = 32_768) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        # One call of the fast tokenizer for the whole list, then length-sorted batches: little padding.
+        with tqdm(total=len(texts), desc=desc, unit="listing", disable=not progress, leave=False) as bar:
+            # A chunk at a time, so that token lists never exist for the whole catalog (gigabytes at 1M).
+            for first in range(0, len(texts), chunk):
+                self._encode_chunk(texts[first: first + chunk], out[first: first + chunk], bar)
+        return out
+
+    def _encode_chunk(self, texts: list[str], out: np.ndarray, bar) -> None:
+        # One call of the fast tokenizer for the chunk, then length-sorted batches: little padding.
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
         order = np.argsort([-len(x) for x in ids], kind="stable")
         size = self.config.batch_size
-        with tqdm(total=len(texts), desc=desc, unit="listing", disable=not progress, leave=False) as bar:
-            for start in range(0, len(texts), size):
-                idx = order[start : start + size]
-                # Multiples of 8 tokens: fewer distinct shapes for oneDNN to build kernels for.
-                batch = self.tokenizer.pad(
-                    {"input_ids": [ids[i] for i in idx]}, return_tensors="pt", pad_to_multiple_of=8
-                ).to(self.device)
-                hidden = self.model(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
-                bar.update(len(idx))
-        return out
+        for start in range(0, len(texts), size):
+            idx = order[start : start + size]
+            # Multiples of 8 tokens: fewer distinct shapes for oneDNN to build kernels for.
+            batch = self.tokenizer.pad(
+                {"input_ids": [ids[i] for i in idx]}, return_tensors="pt", pad_to_multiple_of=8
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+            bar.update(len(idx))
 
 
 def text_hashes(texts: list[str], encoder_fingerprint: str) -> list[str]:
