@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import jsonschema
+import numpy as np
 
 NOT_STATED = "not stated"
 PLACEHOLDER_BRANDS = {"", "generic", "unbranded", "unknown", "n/a", "na", "none", "no brand", "oem", "other"}
@@ -271,9 +272,9 @@ def choice_share(scores: tuple[float, ...], index: int) -> float:
     """The chosen option's share of a softmax over the options' scores (1.0 when there are no scores)."""
     if not scores:
         return 1.0
-    top = max(scores)
-    weights = [2.718281828 ** (s - top) for s in scores]
-    return round(weights[index] / sum(weights), 4)
+    from enrich.tagger import softmax
+
+    return round(float(softmax(np.array([scores]))[0, index]), 4)
 
 
 def extract(title: str, brand: str | None, text: str, chooser, template, config: AttributeConfig = AttributeConfig(),

@@ -129,7 +129,7 @@ def converted_model_dir(config: LLMConfig) -> Path:
 class LocalChooser:
     """Picks an option by its likelihood under a local causal LM: always a real option, never free text."""
 
-    def __init__(self, config: LLMConfig, threads: int | None = None):
+    def __init__(self, config: LLMConfig):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -142,8 +142,6 @@ class LocalChooser:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device).eval()
         self.torch = torch
-        if threads:
-            torch.set_num_threads(threads)
         self.end_of_answer = self._end_of_answer_ids()
         self.description = {"backend": "local", "model": config.model, "folder": str(folder),
                             "dtype": str(dtype).removeprefix("torch.")}

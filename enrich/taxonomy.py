@@ -12,7 +12,7 @@ The taxonomy ships inside the package as one table (id, full path) made from Sho
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +82,7 @@ def load_taxonomy(source: Path | None = None) -> Taxonomy:
     else:
         raise ValueError(f"no taxonomy at {source}")
     taxonomy = Taxonomy(ids=tuple(table["id"]), paths=tuple(table["path"]), version=version)
-    return Taxonomy(taxonomy.ids, taxonomy.paths, version or taxonomy.fingerprint)
+    return taxonomy if version else replace(taxonomy, version=taxonomy.fingerprint)
 
 
 def path_prefix(path: str, depth: int) -> str:
