@@ -189,14 +189,17 @@ def main(argv: list[str] | None = None) -> int:
             config = EnrichConfig()
             if args.neighbors:
                 config = replace(config, vote=replace(config.vote, top_k=args.neighbors))
-            describer = None
+            describer = encoder = None
             if args.describe:
                 from enrich.embed import Encoder
+                from enrich.pipeline import encoder_for
 
-                describer = _describer(args, Encoder(config.encoder))
+                # One encoder for the run and the LLM stage: the index's own.
+                encoder = encoder_for(args.index) if args.index else Encoder(config.encoder)
+                describer = _describer(args, encoder)
             summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference,
                              columns=columns, config=config, progress=progress, tagger_dir=args.model,
-                             part_rows=args.part_rows, describer=describer, engine=_engine(args))
+                             part_rows=args.part_rows, describer=describer, engine=_engine(args), encoder=encoder)
             lines = summary.lines("enriched") + [f"output written to {args.out}"]
     except (CatalogError, ValueError, FileNotFoundError) as e:
         print(f"enrich: error: {e}", file=sys.stderr)

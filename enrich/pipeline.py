@@ -532,6 +532,7 @@ def enrich(
     part_rows: int = 10_000,
     describer=None,
     engine: EngineConfig = EngineConfig(),
+    encoder: Encoder | None = None,
 ) -> Summary:
     """Enrich new listings against an index folder, or build one from `reference_path` first (one shot).
 
@@ -541,6 +542,7 @@ def enrich(
     final output equals an uninterrupted run's. The parts are removed once the output is written.
     With a `describe.Describer`, each part also gets the LLM stage's attributes and taxonomy node.
     With `engine` Ray, the pending parts are enriched by a pool of Ray Data actors (see `enrich.engine`).
+    `encoder`, when given (the describer's, so that a run loads one), must be the one the index was built with.
     """
     started = time.perf_counter()
     if (index_dir is None) == (reference_path is None):
@@ -559,13 +561,13 @@ def enrich(
     if index_dir is None:
         # The one-shot index is built once into the parts folder, so a resumed run reuses it.
         index_dir = parts / "index"
-        encoder = Encoder(config.encoder)
+        encoder = encoder or Encoder(config.encoder)
         if not (index_dir / "manifest.json").exists():
             build_index(reference_path, index_dir, reference_columns or columns, config, progress, encoder=encoder,
                         engine=engine)
         index_source = {"reference": str(reference_path)}
     else:
-        encoder = encoder_for(index_dir)
+        encoder = encoder or encoder_for(index_dir)
     index = ReferenceIndex.load(index_dir, encoder)
     if reference_path is None:
         config = _config_of(index, config)

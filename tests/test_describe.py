@@ -154,7 +154,7 @@ def test_run_with_describe_adds_attribute_tags_and_the_taxonomy(tmp_path, sample
     new.write_csv(tmp_path / "new.csv")
     describer = _describer(encoder, tiny_chooser, small_taxonomy, taxonomy=TaxonomyConfig(choose="nearest"))
     enrich(tmp_path / "new.csv", tmp_path / "out.parquet", index_dir=sample_index[0], columns=sample_columns,
-           progress=False, describer=describer, part_rows=5)
+           progress=False, describer=describer, part_rows=5, encoder=encoder)
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert out.schema == pl.Schema(OUTPUT_SCHEMA) and out.height == 12
     ok = out.filter(pl.col("status") == "ok")
