@@ -22,6 +22,8 @@ class LexicalConfig:
     ngram_max: int = 2  # words and word pairs
     min_df: int = 2  # a term seen in one listing only says nothing about its neighbours
     max_features: int = 200_000  # vocabulary cap, for large catalogs
+    fit_rows: int = 200_000  # vocabulary and idf from at most this many listings drawn at random: a sample
+    # that large already holds every term worth keeping, and fitting on 1M texts held them all in memory
 
 
 class Lexical:

@@ -62,10 +62,12 @@ class NeighborIndex:
         labels, distances = self.index.knn_query(queries, k=k, num_threads=self.config.threads)
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 
-    def search_excluding_self(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Neighbours of the indexed vectors themselves (row i is label i), each left out of its own list."""
+    def search_excluding_self(self, vectors: np.ndarray, k: int, labels: np.ndarray | None = None
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of indexed vectors themselves (`labels`, by default row i is label i), each left out of its own list."""
         positions, sims = self.search(vectors, k + 1)
-        keep = positions != np.arange(len(positions))[:, None]
+        own = np.arange(len(positions)) if labels is None else np.asarray(labels)
+        keep = positions != own[:, None]
         # Where the approximate search missed the listing itself, drop the last candidate instead.
         keep[keep.all(1), -1] = False
         width = positions.shape[1] - 1

@@ -28,7 +28,7 @@ from enrich.embed import Encoder, EncoderConfig, text_hashes
 from enrich.engine import EngineConfig
 from enrich.lexical import Lexical, LexicalConfig, pairwise_cosine
 from enrich.neighbors import IndexConfig, NeighborIndex
-from enrich.prior import Evidence, ExposurePrior, PriorConfig, brand_key
+from enrich.prior import Evidence, ExposurePrior, PriorConfig, brand_key, brand_statistics, fit_sample
 from enrich.tagger import Tagger
 from enrich.tags import ClassifierScores, VoteConfig, vote
 
@@ -225,24 +225,36 @@ def build_index_from_frame(
         raise CatalogError(f"{source}: {ok.height} usable reference listings (of {frame.height} rows); an index needs at"
                            f" least {MIN_REFERENCE} with a title and a numeric engagement")
     encoder = encoder or Encoder(config.encoder)
-    texts = listing_texts(ok)
-    hashes = text_hashes(texts, _embedding_cache_key(encoder))
+    cache_key = _embedding_cache_key(encoder)
+    hashes = [h for _, texts in _text_chunks(ok) for h in text_hashes(texts, cache_key)]
     found, embeddings = _cached_embeddings(out_dir, encoder, hashes)
     todo = np.flatnonzero(~found)
+    lexical = Lexical.fit(listing_texts(ok[fit_sample(ok.height, config.lexical.fit_rows, config.prior.seed)]),
+                          config.lexical)
     if len(todo) and engine.is_ray:
         from enrich.engine import embed_with_ray
 
-        embeddings[todo] = embed_with_ray([texts[i] for i in todo], encoder.config, engine)
-    elif len(todo):
-        embeddings[todo] = encoder.encode([texts[i] for i in todo], progress=progress, desc="embedding reference")
+        embeddings[todo] = embed_with_ray(listing_texts(ok[todo]), encoder.config, engine)
+    lexical_parts = []
+    with tqdm(total=len(todo), desc="embedding reference", unit="listing", disable=not progress or engine.is_ray,
+              leave=False) as bar:
+        for start, texts in _text_chunks(ok):
+            missing = np.flatnonzero(~found[start: start + len(texts)])
+            if len(missing) and not engine.is_ray:
+                embeddings[start + missing] = encoder.encode([texts[i] for i in missing])
+                bar.update(len(missing))
+            lexical_parts.append(lexical.transform(texts))
+    lexical_matrix = sp.vstack(lexical_parts, format="csr")
+    del lexical_parts
 
     neighbors = NeighborIndex.build(embeddings, config.index)
-    lexical = Lexical.fit(texts, config.lexical)
-    lexical_matrix = lexical.transform(texts)
     engagement = ok["engagement"].to_numpy().astype(np.float64)
-    evidence = reference_evidence(embeddings, neighbors, lexical_matrix, engagement, ok["brand"].to_list(),
-                                  min(config.index.candidates, ok.height - 1))
-    prior = ExposurePrior.fit(engagement, evidence, config.prior)
+    brands = ok["brand"].to_list()
+    fitted_on = fit_sample(ok.height, config.prior.fit_rows, config.prior.seed)
+    evidence = reference_evidence(embeddings, neighbors, lexical_matrix, engagement, brands,
+                                  min(config.index.candidates, ok.height - 1), rows=fitted_on)
+    prior = ExposurePrior.fit(engagement[fitted_on], evidence, config.prior,
+                              brand_stats=brand_statistics([brand_key(b) for b in brands], engagement))
 
     summary = _summary(frame, started)
     summary.reused_embeddings = int(found.sum())
@@ -301,10 +313,9 @@ def update_index(
     encoder = encoder_for(out_dir)
     index = ReferenceIndex.load(out_dir, encoder)
     current = frame.filter(pl.col("status") == "ok")
-    texts = listing_texts(current)
-    current = current.select("id", "title", "brand", "category", "engagement").with_columns(
-        text_hash=pl.Series(text_hashes(texts, _embedding_cache_key(encoder)), dtype=pl.String),
-        _text=pl.Series(texts, dtype=pl.String))
+    cache_key = _embedding_cache_key(encoder)
+    current = current.with_columns(text_hash=pl.Series(
+        [h for _, texts in _text_chunks(current) for h in text_hashes(texts, cache_key)], dtype=pl.String))
     old = index.reference
     if "deleted" not in old.columns:
         old = old.with_columns(deleted=pl.lit(False))
@@ -312,6 +323,9 @@ def update_index(
     unchanged = live.join(current.select("id", "text_hash"), on=["id", "text_hash"], how="semi")
     gone = live.join(unchanged.select("label"), on="label", how="anti")["label"].to_list()
     added = current.join(unchanged.select("id"), on="id", how="anti")
+    added_texts = listing_texts(added)  # the only texts held: those of listings to embed
+    current = current.select("id", "title", "brand", "category", "engagement", "text_hash")
+    added = added.select(current.columns)
     if old.height - len(gone) + added.height < MIN_REFERENCE:
         raise CatalogError(f"{reference_path}: the update would leave fewer than {MIN_REFERENCE} listings in the index")
 
@@ -327,7 +341,6 @@ def update_index(
     ).sort("label").select(old.columns)
     reference = pl.concat([refreshed, added.with_columns(deleted=pl.lit(False)).select(old.columns)])
 
-    added_texts = added["_text"].to_list()
     vectors = encoder.encode(added_texts, progress=progress, desc="embedding new reference listings")
     graph = index.neighbors.index
     graph.resize_index(reference.height)
@@ -335,7 +348,6 @@ def update_index(
         graph.add_items(vectors, np.arange(old.height, reference.height), num_threads=index.neighbors.config.threads)
     for label in gone:
         graph.mark_deleted(label)
-    embeddings = np.vstack([np.asarray(index.embeddings), vectors])
     lexical_matrix = sp.vstack([index.lexical_matrix, index.lexical.transform(added_texts)]).tocsr()
 
     manifest = dict(index.manifest)
@@ -351,7 +363,7 @@ def update_index(
     def write(folder: Path) -> None:
         reference.write_parquet(folder / "reference.parquet")
         frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / "refused.parquet")
-        np.save(folder / "embeddings.npy", embeddings)
+        _save_appended(folder / "embeddings.npy", index.embeddings, vectors)
         graph.save_index(str(folder / "hnsw.bin"))
         sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix, compressed=False)  # zlib cost seconds at 100k
         for name in unchanged_files:
@@ -362,6 +374,17 @@ def update_index(
     summary = _summary(frame, started)
     summary.reused_embeddings = unchanged.height
     return summary
+
+
+def _save_appended(path: Path, old: np.ndarray, new: np.ndarray, rows: int = 65_536) -> None:
+    """Save old rows then new ones as one .npy, copying the (memory-mapped) old rows a chunk at a time."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(old) + len(new), old.shape[1]))
+    for start in range(0, len(old), rows):
+        stop = min(start + rows, len(old))
+        out[start:stop] = old[start:stop]
+    out[len(old):] = new
+    out.flush()
+    del out
 
 
 def _write_folder_atomically(out_dir: Path, write) -> None:
@@ -451,10 +474,23 @@ def gather_evidence(lexical_rows: sp.csr_matrix, vectors: np.ndarray, positions:
 
 
 def reference_evidence(embeddings: np.ndarray, neighbors: NeighborIndex, lexical_matrix: sp.csr_matrix,
-                       engagement: np.ndarray, brands: list[str | None], k: int) -> Evidence:
-    """Evidence for the reference listings themselves, each left out of its own candidates: what the prior fits on."""
-    positions, sims = neighbors.search_excluding_self(embeddings, k)
-    return gather_evidence(lexical_matrix, embeddings, positions, sims, brands, lexical_matrix, engagement)
+                       engagement: np.ndarray, brands: list[str | None], k: int, rows: np.ndarray | None = None) -> Evidence:
+    """Evidence for reference listings themselves (`rows`, default all), each left out of its own candidates:
+    what the prior fits on."""
+    rows = np.arange(len(engagement)) if rows is None else rows
+    vectors = np.asarray(embeddings[rows])
+    positions, sims = neighbors.search_excluding_self(vectors, k, labels=rows)
+    return gather_evidence(lexical_matrix[rows], vectors, positions, sims, [brands[i] for i in rows], lexical_matrix,
+                           engagement)
+
+
+BUILD_CHUNK_ROWS = 65_536  # listings hashed, embedded and TF-IDF-transformed at a time by an index build
+
+
+def _text_chunks(listings: pl.DataFrame):
+    """(first row, texts) a chunk at a time: an index build never holds the texts of a whole catalog."""
+    for start in range(0, listings.height, BUILD_CHUNK_ROWS):
+        yield start, listing_texts(listings.slice(start, BUILD_CHUNK_ROWS))
 
 
 def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig = EnrichConfig(),

@@ -50,6 +50,8 @@ class PriorConfig:
     evidence_bins: int = 4  # residual quantiles are kept per bin of evidence
     folds: int = 5  # cross-fitting folds for the text model
     seed: int = 0
+    fit_rows: int = 100_000  # fitted on at most this many reference listings drawn at random: nine weights, an
+    # interval and a text model need no more, and evidence for all of a 1M catalog took gigabytes
 
 
 @dataclass
@@ -99,8 +101,13 @@ class ExposurePrior:
 
     # -- fitting ---------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, engagement: np.ndarray, evidence: Evidence, config: PriorConfig = PriorConfig()) -> "ExposurePrior":
-        """Fit on the reference catalog; `evidence` must leave each listing out of its own candidates."""
+    def fit(cls, engagement: np.ndarray, evidence: Evidence, config: PriorConfig = PriorConfig(),
+            brand_stats: dict[str, list[float]] | None = None) -> "ExposurePrior":
+        """Fit on reference listings; `evidence` must leave each listing out of its own candidates.
+
+        When those listings are a sample (`fit_rows`), `brand_stats` of the whole catalog, which includes them,
+        gives every brand its full count.
+        """
         y = np.log1p(np.asarray(engagement, dtype=np.float64))
         mu, sd = float(y.mean()), float(y.std())
         quantiles = {f"q{int(q * 100)}": float(np.expm1(np.quantile(y, q))) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
@@ -111,12 +118,8 @@ class ExposurePrior:
         errors = {k: float(np.mean((((weights * neighbor_y).sum(1) + k * mu) / (mass + k) - y) ** 2)) for k in config.shrink_grid}
         shrink = min(errors, key=errors.get)
 
-        brand_stats: dict[str, list[float]] = {}
-        for key, value in zip(evidence.brands, y):
-            if key:
-                stats = brand_stats.setdefault(key, [0.0, 0.0])
-                stats[0] += value
-                stats[1] += 1
+        if brand_stats is None:
+            brand_stats = brand_statistics(evidence.brands, engagement)
         text_oof, text_model = cross_fitted_text_model(evidence.text_features, y, config)
 
         prior = cls(
@@ -143,7 +146,8 @@ class ExposurePrior:
         prior.residual_low = [float(np.quantile(r, tail)) for r in in_bin]
         prior.residual_high = [float(np.quantile(r, 1 - tail)) for r in in_bin]
         prior.smearing = float(np.mean(np.exp(residuals)))
-        prior.fit_metrics = {"rmse_log": float(np.sqrt(np.mean(residuals**2))), "rows": int(len(y))}
+        prior.fit_metrics = {"rmse_log": float(np.sqrt(np.mean(residuals**2))), "rows": int(len(y)),
+                             "brand_rows": int(sum(count for _, count in brand_stats.values()))}
         return prior
 
     # -- evidence to features --------------------------------------------------------------------
@@ -203,6 +207,24 @@ class ExposurePrior:
             raise ValueError(f"{folder}/prior.json was fitted with other features; rebuild the index")
         saved["config"] = PriorConfig(**{**saved["config"], "shrink_grid": tuple(saved["config"]["shrink_grid"])})
         return cls(text_coef=np.load(folder / "prior_text_coef.npy", allow_pickle=False), **saved)
+
+
+def brand_statistics(brands: list[str], engagement: np.ndarray) -> dict[str, list[float]]:
+    """brand key -> [sum of log1p(engagement), count], over listings with a known brand."""
+    stats: dict[str, list[float]] = {}
+    for key, value in zip(brands, np.log1p(np.asarray(engagement, dtype=np.float64))):
+        if key:
+            entry = stats.setdefault(key, [0.0, 0.0])
+            entry[0] += float(value)
+            entry[1] += 1
+    return stats
+
+
+def fit_sample(rows: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted positions of at most `limit` of `rows` listings, drawn at random: all of them when they fit."""
+    if rows <= limit:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
 
 
 def cross_fitted_text_model(text_features: sp.csr_matrix, y: np.ndarray, config: PriorConfig) -> tuple[np.ndarray, Ridge]:

@@ -51,7 +51,7 @@ def measured(args: list[str]) -> dict:
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 1024)}
 
 
-def scale(catalog: Path, sizes: list[int], new_listings: int, added: int) -> list[dict]:
+def scale(catalog: Path, sizes: list[int], new_listings: int, added: int, index_only: bool = False) -> list[dict]:
     flags = ["--id-col", AMAZON.id, "--title-col", AMAZON.title, "--brand-col", AMAZON.brand, "--text-cols", "",
              "--category-col", AMAZON.category, "--engagement-col", AMAZON.engagement, "--quiet"]
     rows = []
@@ -61,12 +61,16 @@ def scale(catalog: Path, sizes: list[int], new_listings: int, added: int) -> lis
             reference = synthesize(catalog, n, seed=n, prefix="r")
             reference.write_csv(folder / "reference.csv")
             build = measured(["index", str(folder / "reference.csv"), "--out", str(folder / "index"), *flags])
+            build["listings_per_s"] = round(n / build["seconds"])
+            if index_only:
+                rows.append({"reference": n, "index": build})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             pl.concat([reference, synthesize(catalog, added, seed=n + 1, prefix="a")]).write_csv(folder / "updated.csv")
             update = measured(["index", str(folder / "updated.csv"), "--out", str(folder / "index"), "--update", *flags])
             synthesize(catalog, new_listings, seed=n + 2, prefix="n").drop("number_of_reviews").write_csv(folder / "new.csv")
             run = measured(["run", str(folder / "new.csv"), "--index", str(folder / "index"), "--out", str(folder / "out.parquet"), *flags])
         row = {"reference": n, "index": build, "update": {**update, "added": added}, "run": {**run, "listings": new_listings}}
-        row["index"]["listings_per_s"] = round(n / build["seconds"])
         row["run"]["listings_per_s"] = round(new_listings / run["seconds"])
         row["update_share_of_rebuild"] = round(update["seconds"] / build["seconds"], 4)
         print(json.dumps(row), flush=True)
@@ -78,7 +82,11 @@ def to_markdown(rows: list[dict]) -> str:
     lines = ["| reference listings | `enrich index`: s, listings/s, peak MB | `--update` (+added): s, share of rebuild, peak MB |"
              " `enrich run` (new): s, listings/s, peak MB |", "|---|---|---|---|"]
     for r in rows:
-        i, u, n = r["index"], r["update"], r["run"]
+        i = r["index"]
+        if "run" not in r:  # --index-only
+            lines.append(f"| {r['reference']:,} | {i['seconds']} s, {i['listings_per_s']}/s, {i['peak_rss_mb']} MB | | |")
+            continue
+        u, n = r["update"], r["run"]
         lines.append(f"| {r['reference']:,} | {i['seconds']} s, {i['listings_per_s']}/s, {i['peak_rss_mb']} MB | "
                      f"+{u['added']:,}: {u['seconds']} s, {r['update_share_of_rebuild']:.1%}, {u['peak_rss_mb']} MB | "
                      f"{n['listings']:,}: {n['seconds']} s, {n['listings_per_s']}/s, {n['peak_rss_mb']} MB |")
@@ -91,12 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,100000", help="reference sizes, comma-separated")
     parser.add_argument("--new", type=int, default=10_000, help="new listings enriched per size")
     parser.add_argument("--added", type=int, default=1_000, help="listings added by --update per size")
+    parser.add_argument("--index-only", action="store_true", help="measure `enrich index` only (the 1M row)")
     parser.add_argument("--out", type=Path, default=Path("out"))
     args = parser.parse_args(argv)
-    rows = scale(args.catalog, [int(s) for s in args.sizes.split(",")], args.new, args.added)
+    rows = scale(args.catalog, [int(s) for s in args.sizes.split(",")], args.new, args.added, args.index_only)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "scale.md").write_text(to_markdown(rows) + "\n")
+    name = "scale-index" if args.index_only else "scale"
+    (args.out / f"{name}.json").write_text(json.dumps(rows, indent=1))
+    (args.out / f"{name}.md").write_text(to_markdown(rows) + "\n")
     print(to_markdown(rows))
     return 0
 

@@ -217,3 +217,47 @@ def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tm
     found = index.ids[positions]
     assert not set(found.ravel()) & set(delisted)
     assert (found[:, 0] == np.array(current["id"].to_list())).all() and (sims[:, 0] > 0.99).all()
+
+
+def test_an_index_built_in_chunks_equals_one_built_whole(sample_index, sample, sample_columns, encoder, tmp_path, monkeypatch):
+    import enrich.pipeline
+
+    monkeypatch.setattr(enrich.pipeline, "BUILD_CHUNK_ROWS", 97)
+    build_index(sample["reference"], tmp_path / "chunked", sample_columns, progress=False, encoder=encoder)
+    whole, chunked = ReferenceIndex.load(sample_index[0]), ReferenceIndex.load(tmp_path / "chunked")
+    assert chunked.reference["text_hash"].to_list() == whole.reference["text_hash"].to_list()
+    # Batches are cut differently, so bf16 vectors may differ in the last bits; the TF-IDF rows may not.
+    assert (np.asarray(chunked.embeddings) * np.asarray(whole.embeddings)).sum(1).min() > 0.999
+    assert (chunked.lexical_matrix != whole.lexical_matrix).nnz == 0
+    assert np.allclose(chunked.prior.coef, whole.prior.coef, atol=0.05)
+
+
+def test_a_prior_fitted_on_a_sample_of_the_reference_agrees_with_one_fitted_on_all(sample_index, sample, sample_columns,
+                                                                                   encoder, tmp_path):
+    from dataclasses import replace
+
+    from scipy.stats import spearmanr
+
+    from enrich.pipeline import EnrichConfig, find_evidence, reference_evidence
+    from enrich.prior import PriorConfig
+
+    config = EnrichConfig(prior=replace(PriorConfig(), fit_rows=400))
+    build_index(sample["reference"], tmp_path / "sampled", sample_columns, config, progress=False, encoder=encoder)
+    whole, sampled = ReferenceIndex.load(sample_index[0]), ReferenceIndex.load(tmp_path / "sampled")
+    fit = json.loads((tmp_path / "sampled" / "manifest.json").read_text())["prior_fit"]
+    branded = int((whole.reference["brand"].fill_null("").str.strip_chars() != "").sum())
+    assert fit["rows"] == 400 and fit["brand_rows"] == branded  # the brands' statistics still cover every listing
+
+    rows = np.array([3, 10, 500])
+    evidence = reference_evidence(whole.embeddings, whole.neighbors, whole.lexical_matrix, whole.engagement,
+                                  whole.reference["brand"].to_list(), 5, rows=rows)
+    positions = whole.neighbors.search_excluding_self(np.asarray(whole.embeddings[rows]), 5, labels=rows)[0]
+    assert not (positions == rows[:, None]).any()
+    assert np.array_equal(evidence.neighbor_engagement, whole.engagement[positions])
+
+    from enrich.catalog import load_catalog
+
+    new = load_catalog(sample["new"], sample_columns)
+    found = find_evidence(new, whole, encoder, whole.neighbors.config.candidates)
+    agreement = spearmanr(whole.prior.predict(found.evidence).log_mean, sampled.prior.predict(found.evidence).log_mean)
+    assert agreement.statistic > 0.85  # 0.90 here: 400 listings fit the text model less well than 1,000
