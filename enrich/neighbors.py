@@ -31,14 +31,25 @@ class NeighborIndex:
 
     @classmethod
     def build(cls, embeddings: np.ndarray, config: IndexConfig = IndexConfig()) -> "NeighborIndex":
-        index = hnswlib.Index(space="cosine", dim=embeddings.shape[1])
-        index.init_index(
-            max_elements=max(len(embeddings), 1), ef_construction=config.ef_construction, M=config.M,
-            random_seed=config.seed,
-        )
-        if len(embeddings):
-            index.add_items(embeddings, np.arange(len(embeddings)), num_threads=config.threads)
+        neighbors = cls.empty(embeddings.shape[1], len(embeddings), config)
+        neighbors.add(embeddings, np.arange(len(embeddings)))
+        return neighbors
+
+    @classmethod
+    def empty(cls, dim: int, capacity: int, config: IndexConfig = IndexConfig()) -> "NeighborIndex":
+        """An index with room for `capacity` vectors, to be filled a chunk at a time with `add`."""
+        index = hnswlib.Index(space="cosine", dim=dim)
+        index.init_index(max_elements=max(capacity, 1), ef_construction=config.ef_construction, M=config.M,
+                         random_seed=config.seed)
         return cls(index, config)
+
+    def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        if len(vectors):
+            self.index.add_items(vectors, labels, num_threads=self.config.threads)
+
+    def vectors(self, labels: np.ndarray) -> np.ndarray:
+        """The stored (unit-length) vectors of `labels`: the index holds the only in-memory copy during a build."""
+        return np.asarray(self.index.get_items(np.asarray(labels)), dtype=np.float32).reshape(len(labels), -1)
 
     def save(self, path: str) -> None:
         self.index.save_index(path)

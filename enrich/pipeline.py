@@ -157,24 +157,47 @@ def encoder_for(folder: str | Path, config: EncoderConfig | None = None) -> Enco
     return Encoder(config)
 
 
-def _cached_embeddings(out_dir: Path, encoder: Encoder, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors of an earlier build of this folder whose text and weights are unchanged: (found mask, vectors)."""
-    found = np.zeros(len(hashes), bool)
-    vectors = np.zeros((len(hashes), encoder.dim), np.float32)
-    try:
-        manifest = json.loads((out_dir / "manifest.json").read_text())
-        check_encoder(manifest, encoder, out_dir)
-        old = pl.read_parquet(out_dir / "reference.parquet", columns=["text_hash"])["text_hash"].to_list()
-        old_vectors = np.load(out_dir / "embeddings.npy", mmap_mode="r", allow_pickle=False)
-    except (OSError, KeyError, ValueError, pl.exceptions.PolarsError, json.JSONDecodeError):
+class _EmbeddingCache:
+    """Vectors of an earlier build of this folder whose text and weights are unchanged, looked up a chunk at a time."""
+
+    def __init__(self, out_dir: Path, encoder: Encoder):
+        self.dim, self.where, self.vectors = encoder.dim, {}, None
+        try:
+            manifest = json.loads((out_dir / "manifest.json").read_text())
+            check_encoder(manifest, encoder, out_dir)
+            old = pl.read_parquet(out_dir / "reference.parquet", columns=["text_hash"])["text_hash"].to_list()
+            self.vectors = np.load(out_dir / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+        except (OSError, KeyError, ValueError, pl.exceptions.PolarsError, json.JSONDecodeError):
+            return
+        self.where = {h: i for i, h in enumerate(old)}
+
+    def lookup(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, vectors): rows not found are zero."""
+        rows = np.array([self.where.get(h, -1) for h in hashes], dtype=np.int64)
+        found = rows >= 0
+        vectors = np.zeros((len(hashes), self.dim), np.float32)
+        if found.any():
+            vectors[found] = self.vectors[rows[found]]
         return found, vectors
-    where = {h: i for i, h in enumerate(old)}
-    for i, h in enumerate(hashes):
-        j = where.get(h)
-        if j is not None:
-            found[i] = True
-            vectors[i] = old_vectors[j]
-    return found, vectors
+
+
+class _NpyRowWriter:
+    """Writes an (n, dim) float32 .npy file a block of rows at a time, through plain file writes: unlike a
+    memory map, rows written do not stay in the process's memory."""
+
+    def __init__(self, path: Path, rows: int, dim: int):
+        self.path, self.rows, self.written = path, rows, 0
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+
+    def write(self, block: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+        self.written += len(block)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.written != self.rows:
+            raise RuntimeError(f"{self.path}: {self.written} rows written of {self.rows}")
 
 
 def _embedding_cache_key(encoder: Encoder) -> str:
@@ -226,67 +249,82 @@ def build_index_from_frame(
                            f" least {MIN_REFERENCE} with a title and a numeric engagement")
     encoder = encoder or Encoder(config.encoder)
     cache_key = _embedding_cache_key(encoder)
-    hashes = [h for _, texts in _text_chunks(ok) for h in text_hashes(texts, cache_key)]
-    found, embeddings = _cached_embeddings(out_dir, encoder, hashes)
-    todo = np.flatnonzero(~found)
+    cache = _EmbeddingCache(out_dir, encoder)
     lexical = Lexical.fit(listing_texts(ok[fit_sample(ok.height, config.lexical.fit_rows, config.prior.seed)]),
                           config.lexical)
-    if len(todo) and engine.is_ray:
-        from enrich.engine import embed_with_ray
+    # A chunk at a time: embed (or find in the cache), append to the staged embeddings file and to the
+    # hnswlib graph, TF-IDF-transform. The graph then holds the only in-memory copy of the vectors.
+    staged = out_dir.parent / f".{out_dir.name}.embeddings-{os.getpid()}.npy"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    neighbors = NeighborIndex.empty(encoder.dim, ok.height, config.index)
+    hashes, lexical_parts, reused = [], [], 0
+    try:
+        embeddings_file = _NpyRowWriter(staged, ok.height, encoder.dim)
+        with tqdm(total=ok.height, desc="embedding and indexing reference", unit="listing", disable=not progress,
+                  leave=False) as bar:
+            for start, texts in _text_chunks(ok):
+                chunk_hashes = text_hashes(texts, cache_key)
+                found, vectors = cache.lookup(chunk_hashes)
+                missing = np.flatnonzero(~found)
+                if len(missing) and engine.is_ray:
+                    from enrich.engine import embed_with_ray
 
-        embeddings[todo] = embed_with_ray(listing_texts(ok[todo]), encoder.config, engine)
-    lexical_parts = []
-    with tqdm(total=len(todo), desc="embedding reference", unit="listing", disable=not progress or engine.is_ray,
-              leave=False) as bar:
-        for start, texts in _text_chunks(ok):
-            missing = np.flatnonzero(~found[start: start + len(texts)])
-            if len(missing) and not engine.is_ray:
-                embeddings[start + missing] = encoder.encode([texts[i] for i in missing])
-                bar.update(len(missing))
-            lexical_parts.append(lexical.transform(texts))
-    lexical_matrix = sp.vstack(lexical_parts, format="csr")
-    del lexical_parts
+                    vectors[missing] = embed_with_ray([texts[i] for i in missing], encoder.config, engine)
+                elif len(missing):
+                    vectors[missing] = encoder.encode([texts[i] for i in missing])
+                embeddings_file.write(vectors)
+                neighbors.add(vectors, np.arange(start, start + len(texts)))
+                lexical_parts.append(lexical.transform(texts))
+                hashes += chunk_hashes
+                reused += int(found.sum())
+                bar.update(len(texts))
+        embeddings_file.close()
+        del cache, vectors
+        lexical_matrix = sp.vstack(lexical_parts, format="csr")
+        del lexical_parts
 
-    neighbors = NeighborIndex.build(embeddings, config.index)
-    engagement = ok["engagement"].to_numpy().astype(np.float64)
-    brands = ok["brand"].to_list()
-    fitted_on = fit_sample(ok.height, config.prior.fit_rows, config.prior.seed)
-    evidence = reference_evidence(embeddings, neighbors, lexical_matrix, engagement, brands,
-                                  min(config.index.candidates, ok.height - 1), rows=fitted_on)
-    prior = ExposurePrior.fit(engagement[fitted_on], evidence, config.prior,
-                              brand_stats=brand_statistics([brand_key(b) for b in brands], engagement))
+        engagement = ok["engagement"].to_numpy().astype(np.float64)
+        brands = ok["brand"].to_list()
+        fitted_on = fit_sample(ok.height, config.prior.fit_rows, config.prior.seed)
+        evidence = reference_evidence(None, neighbors, lexical_matrix, engagement, brands,
+                                      min(config.index.candidates, ok.height - 1), rows=fitted_on)
+        prior = ExposurePrior.fit(engagement[fitted_on], evidence, config.prior,
+                                  brand_stats=brand_statistics([brand_key(b) for b in brands], engagement))
+        del evidence
 
-    summary = _summary(frame, started)
-    summary.reused_embeddings = int(found.sum())
-    manifest = {
-        "format": INDEX_FORMAT,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": source,
-        "columns": asdict(columns),
-        "config": asdict(config),
-        "encoder": encoder.describe(),
-        "tagger": str(Path(tagger_dir).resolve()) if tagger_dir else None,
-        "packages": _package_versions(),
-        "counts": {"rows": frame.height, "indexed": ok.height, "refused": frame.height - ok.height,
-                   "reused_embeddings": int(found.sum()), "lexical_vocabulary": lexical.vocabulary_size},
-        "prior_fit": prior.fit_metrics,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    reference = ok.select("id", "title", "brand", "category", "engagement").with_columns(text_hash=pl.Series(hashes))
+        summary = _summary(frame, started)
+        summary.reused_embeddings = reused
+        manifest = {
+            "format": INDEX_FORMAT,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": source,
+            "columns": asdict(columns),
+            "config": asdict(config),
+            "encoder": encoder.describe(),
+            "tagger": str(Path(tagger_dir).resolve()) if tagger_dir else None,
+            "packages": _package_versions(),
+            "counts": {"rows": frame.height, "indexed": ok.height, "refused": frame.height - ok.height,
+                       "reused_embeddings": reused, "lexical_vocabulary": lexical.vocabulary_size},
+            "prior_fit": prior.fit_metrics,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        reference = ok.select("id", "title", "brand", "category", "engagement").with_columns(text_hash=pl.Series(hashes))
 
-    def write(folder: Path) -> None:
-        reference.write_parquet(folder / "reference.parquet")
-        frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / "refused.parquet")
-        np.save(folder / "embeddings.npy", embeddings)
-        neighbors.save(str(folder / "hnsw.bin"))
-        lexical.save(folder)
-        sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix, compressed=False)  # zlib cost seconds at 100k
-        prior.save(folder)
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        def write(folder: Path) -> None:
+            reference.write_parquet(folder / "reference.parquet")
+            frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / "refused.parquet")
+            os.replace(staged, folder / "embeddings.npy")  # same file system: the staged file sits beside out_dir
+            neighbors.save(str(folder / "hnsw.bin"))
+            lexical.save(folder)
+            sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix, compressed=False)  # zlib cost seconds at 100k
+            prior.save(folder)
+            (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-    _write_folder_atomically(out_dir, write)
-    summary.seconds = time.perf_counter() - started
-    return summary
+        _write_folder_atomically(out_dir, write)
+        summary.seconds = time.perf_counter() - started
+        return summary
+    finally:
+        staged.unlink(missing_ok=True)  # moved into the index by then, unless the build failed
 
 
 def update_index(
@@ -473,12 +511,12 @@ def gather_evidence(lexical_rows: sp.csr_matrix, vectors: np.ndarray, positions:
     )
 
 
-def reference_evidence(embeddings: np.ndarray, neighbors: NeighborIndex, lexical_matrix: sp.csr_matrix,
+def reference_evidence(embeddings: np.ndarray | None, neighbors: NeighborIndex, lexical_matrix: sp.csr_matrix,
                        engagement: np.ndarray, brands: list[str | None], k: int, rows: np.ndarray | None = None) -> Evidence:
     """Evidence for reference listings themselves (`rows`, default all), each left out of its own candidates:
-    what the prior fits on."""
+    what the prior fits on. Without `embeddings`, their vectors are read back from the hnswlib index."""
     rows = np.arange(len(engagement)) if rows is None else rows
-    vectors = np.asarray(embeddings[rows])
+    vectors = neighbors.vectors(rows) if embeddings is None else np.asarray(embeddings[rows])
     positions, sims = neighbors.search_excluding_self(vectors, k, labels=rows)
     return gather_evidence(lexical_matrix[rows], vectors, positions, sims, [brands[i] for i in rows], lexical_matrix,
                            engagement)

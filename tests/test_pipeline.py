@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from enrich.cli import main
+from enrich.catalog import CatalogError
 from enrich.pipeline import OUTPUT_SCHEMA, IndexMismatch, ReferenceIndex, build_index
 
 def run_cli(capsys, *args):
@@ -230,6 +231,13 @@ def test_an_index_built_in_chunks_equals_one_built_whole(sample_index, sample, s
     assert (np.asarray(chunked.embeddings) * np.asarray(whole.embeddings)).sum(1).min() > 0.999
     assert (chunked.lexical_matrix != whole.lexical_matrix).nnz == 0
     assert np.allclose(chunked.prior.coef, whole.prior.coef, atol=0.05)
+    assert not list(tmp_path.glob(".chunked.embeddings-*"))  # the staged embeddings file went into the index
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("not an index")
+    with pytest.raises(CatalogError, match="is not an enrich index"):
+        build_index(sample["reference"], tmp_path / "taken", sample_columns, progress=False, encoder=encoder)
+    assert not list(tmp_path.glob(".taken.embeddings-*"))  # nor is it left behind by a failed build
 
 
 def test_a_prior_fitted_on_a_sample_of_the_reference_agrees_with_one_fitted_on_all(sample_index, sample, sample_columns,
