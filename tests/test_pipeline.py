@@ -269,3 +269,21 @@ def test_a_prior_fitted_on_a_sample_of_the_reference_agrees_with_one_fitted_on_a
     found = find_evidence(new, whole, encoder, whole.neighbors.config.candidates)
     agreement = spearmanr(whole.prior.predict(found.evidence).log_mean, sampled.prior.predict(found.evidence).log_mean)
     assert agreement.statistic > 0.85  # 0.90 here: 400 listings fit the text model less well than 1,000
+
+
+def test_update_says_to_rebuild_once_much_of_the_index_has_changed(sample, sample_columns, encoder, tmp_path, capsys):
+    from enrich.pipeline import update_index
+
+    reference = pl.read_csv(sample["reference"], infer_schema=False)
+    reference.head(300).write_csv(tmp_path / "small.csv")
+    reference.head(330).write_csv(tmp_path / "plus30.csv")
+    build_index(tmp_path / "small.csv", tmp_path / "index", sample_columns, progress=False, encoder=encoder)
+    assert update_index(tmp_path / "plus30.csv", tmp_path / "index", sample_columns, progress=False).warnings == []
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert manifest["changed_since_build"] == 0.1
+
+    reference.head(400).write_csv(tmp_path / "plus100.csv")  # 100 added since the build of 300: a third
+    code, err = run_cli(capsys, "index", tmp_path / "plus100.csv", "--out", tmp_path / "index", "--update",
+                        "--columns", sample["columns"], "--quiet")
+    assert code == 0, err
+    assert "warning: 33% of the 300 listings indexed at the last full build have been added or deleted since" in err
