@@ -305,6 +305,8 @@ def build_index_from_frame(
             "config": asdict(config),
             "encoder": encoder.describe(),
             "tagger": str(Path(tagger_dir).resolve()) if tagger_dir else None,
+            # Also relative to the folder that holds the index, so that the two can be moved together.
+            "tagger_relative": os.path.relpath(Path(tagger_dir).resolve(), out_dir.resolve().parent) if tagger_dir else None,
             "packages": _package_versions(),
             "counts": {"rows": frame.height, "indexed": ok.height, "refused": frame.height - ok.height,
                        "reused_embeddings": reused, "lexical_vocabulary": lexical.vocabulary_size},
@@ -655,7 +657,7 @@ def enrich(
     index = ReferenceIndex.load(index_dir, encoder)
     if reference_path is None:
         config = _config_of(index, config)
-        tagger_dir = tagger_dir or index.manifest.get("tagger")
+        tagger_dir = tagger_dir or _recorded_tagger(index)
         index_source = {"index": str(index_dir), "index_built_at": index.manifest["built_at"]}
     tagger = Tagger.load(tagger_dir) if tagger_dir else None
 
@@ -704,6 +706,19 @@ def enrich(
     shutil.rmtree(parts, ignore_errors=True)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _recorded_tagger(index: ReferenceIndex) -> Path | None:
+    """The tagger named by `enrich index --model`: beside the index as it was then, else at its absolute path."""
+    absolute, relative = index.manifest.get("tagger"), index.manifest.get("tagger_relative")
+    if not absolute:
+        return None
+    candidates = ([index.folder.parent / relative] if relative else []) + [Path(absolute)]
+    for candidate in candidates:
+        if (candidate / "tagger.json").exists():
+            return candidate
+    raise IndexMismatch(f"{index.folder}: the index was built with the tagger {absolute}, which is no longer there"
+                        " (nor beside the index); pass --model DIR, or rebuild the index")
 
 
 def _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows,

@@ -287,3 +287,22 @@ def test_update_says_to_rebuild_once_much_of_the_index_has_changed(sample, sampl
                         "--columns", sample["columns"], "--quiet")
     assert code == 0, err
     assert "warning: 33% of the 300 listings indexed at the last full build have been added or deleted since" in err
+
+
+def test_an_index_and_its_tagger_can_be_moved_together(sample, sample_columns, encoder, tiny_tagger, tmp_path, capsys):
+    reference = pl.read_csv(sample["reference"], infer_schema=False)
+    reference.head(300).write_csv(tmp_path / "small.csv")
+    shutil.copytree(tiny_tagger, tmp_path / "work" / "tagger")
+    build_index(tmp_path / "small.csv", tmp_path / "work" / "index", sample_columns, progress=False, encoder=encoder,
+                tagger_dir=tmp_path / "work" / "tagger")
+    (tmp_path / "work").rename(tmp_path / "moved")  # the absolute path in the manifest is gone now
+
+    args = ("run", sample["new"], "--index", tmp_path / "moved" / "index", "--columns", sample["columns"], "--quiet")
+    code, err = run_cli(capsys, *args, "--out", tmp_path / "out.parquet")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out.parquet.manifest.json").read_text())
+    assert manifest["tagger"]["path"] == str(tmp_path / "moved" / "tagger")
+
+    shutil.rmtree(tmp_path / "moved" / "tagger")
+    code, err = run_cli(capsys, *args, "--out", tmp_path / "out2.parquet")
+    assert code == 2 and "which is no longer there" in err and not (tmp_path / "out2.parquet").exists()
