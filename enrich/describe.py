@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
@@ -71,11 +72,16 @@ class Describer:
         }
 
 
-def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = False) -> pl.DataFrame:
-    """Attributes and taxonomy for the rows whose status is ok; other rows keep nulls."""
+def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = False,
+                   vectors: np.ndarray | None = None) -> pl.DataFrame:
+    """Attributes and taxonomy for the rows whose status is ok; other rows keep nulls.
+
+    `vectors`: the ok rows' embeddings by the describer's encoder, when the caller already has them.
+    """
     ok_mask = (frame["status"] == "ok").to_numpy()
     ok = frame.filter(pl.Series(ok_mask))
-    vectors = describer.encoder.encode(listing_texts(ok), progress=progress, desc="embedding for taxonomy")
+    if vectors is None:
+        vectors = describer.encoder.encode(listing_texts(ok), progress=progress, desc="embedding for taxonomy")
     rows, sims = describer.taxonomy_index.candidates(vectors, describer.config.taxonomy.candidates)
     records = []
     for i, listing in enumerate(tqdm(ok.iter_rows(named=True), total=ok.height, desc="describing", unit="listing",

@@ -502,10 +502,12 @@ class Found:
     evidence: Evidence
 
 
-def find_evidence(listings: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, k: int, progress: bool = False) -> Found:
-    """Embed usable listings, retrieve k candidates each, and gather the prior's evidence."""
+def find_evidence(listings: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, k: int, progress: bool = False,
+                  vectors: np.ndarray | None = None) -> Found:
+    """Embed usable listings (unless their `vectors` are given), retrieve k candidates each, gather the prior's evidence."""
     texts = listing_texts(listings)
-    vectors = encoder.encode(texts, progress=progress, desc="embedding new listings")
+    if vectors is None:
+        vectors = encoder.encode(texts, progress=progress, desc="embedding new listings")
     positions, sims = index.neighbors.search(vectors, k)
     evidence = gather_evidence(index.lexical.transform(texts), vectors, positions, sims, listings["brand"].to_list(),
                                index.lexical_matrix, index.engagement)
@@ -544,10 +546,11 @@ def _text_chunks(listings: pl.DataFrame):
 
 
 def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig = EnrichConfig(),
-                 progress: bool = False, tagger: Tagger | None = None) -> pl.DataFrame:
+                 progress: bool = False, tagger: Tagger | None = None, vectors: np.ndarray | None = None) -> pl.DataFrame:
     """The output table for a standard catalog frame: one row per input row, in input order.
 
     With a fine-tuned `tagger`, the category comes from its probabilities fused with the neighbours' vote.
+    `vectors`: the usable rows' embeddings, when the caller already has them.
     """
     ok_mask = (frame["status"] == "ok").to_numpy()
     ok = frame.filter(pl.Series(ok_mask))
@@ -555,7 +558,7 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
         return frame.select("id", "status", "notes").with_columns(
             pl.lit(None).alias(c) for c in OUTPUT_SCHEMA if c not in ("id", "status", "notes")
         ).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
-    found = find_evidence(ok, index, encoder, config.index.candidates, progress)
+    found = find_evidence(ok, index, encoder, config.index.candidates, progress, vectors)
     positions, sims = found.positions, found.sims
     classifier = None
     if tagger is not None:
@@ -597,12 +600,15 @@ def add_description(enriched: pl.DataFrame, described: pl.DataFrame) -> pl.DataF
 def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig,
                 tagger: Tagger | None = None, describer=None) -> pl.DataFrame:
     """One part of a run's output: `enrich_frame`, then the LLM stage's columns when there is a describer."""
-    enriched = enrich_frame(chunk, index, encoder, config, False, tagger)
     if describer is None:
-        return enriched
+        return enrich_frame(chunk, index, encoder, config, False, tagger)
     from enrich.describe import describe_frame
 
-    return add_description(enriched, describe_frame(chunk, describer))
+    vectors = None
+    if describer.encoder is encoder:  # one embedding serves the neighbours and the taxonomy
+        vectors = encoder.encode(listing_texts(chunk.filter(pl.col("status") == "ok")))
+    enriched = enrich_frame(chunk, index, encoder, config, False, tagger, vectors)
+    return add_description(enriched, describe_frame(chunk, describer, vectors=vectors))
 
 
 def enrich(

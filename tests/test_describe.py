@@ -171,6 +171,16 @@ def test_run_with_describe_adds_attribute_tags_and_the_taxonomy(tmp_path, sample
     manifest = json.loads((tmp_path / "out.parquet.manifest.json").read_text())
     assert manifest["describe"]["prompts"].keys() == {"attribute.v1", "taxonomy.v1"}
 
+    # One embedding per part serves both stages: each must get the same answers as when it embeds alone.
+    from enrich.catalog import load_catalog
+    from enrich.describe import describe_frame
+
+    alone = describe_frame(load_catalog(tmp_path / "new.csv", sample_columns), describer)
+    assert out["taxonomy_path"].to_list() == alone["taxonomy_path"].to_list()
+    enrich(tmp_path / "new.csv", tmp_path / "plain.parquet", index_dir=sample_index[0], columns=sample_columns,
+           progress=False, part_rows=5, encoder=encoder)
+    assert out["neighbors"].to_list() == pl.read_parquet(tmp_path / "plain.parquet")["neighbors"].to_list()
+
 
 def test_labelled_benchmark_set_is_complete():
     rows = [json.loads(line) for line in LABELLED.read_text().splitlines()]
