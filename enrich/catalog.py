@@ -86,7 +86,7 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
-def _read_raw(path: Path) -> tuple[pl.DataFrame, bool]:
+def read_raw(path: Path) -> tuple[pl.DataFrame, bool]:
     """All columns as strings; also whether the file had bytes that are not UTF-8 (replaced by U+FFFD)."""
     if not path.exists():
         raise CatalogError(f"{path}: file not found")
@@ -179,7 +179,7 @@ def load_catalog(
     for new listings the engagement column is ignored.
     """
     path = Path(path)
-    raw, bad_bytes = _read_raw(path)
+    raw, bad_bytes = read_raw(path)
     if raw.width == 0:  # an empty JSON Lines file has no header to name its columns: zero rows of every role
         named = [columns.id, columns.title, columns.brand, *columns.text, *_category_columns(columns), columns.engagement]
         raw = pl.DataFrame(schema={name: pl.String for name in dict.fromkeys(n for n in named if n)})

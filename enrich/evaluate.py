@@ -20,7 +20,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, ndcg_score
 
-from enrich.catalog import CatalogError, Columns, _read_raw, listing_texts, load_catalog, write_table, write_text_atomically
+from enrich.catalog import CatalogError, Columns, read_raw, listing_texts, load_catalog, write_table, write_text_atomically
 from enrich.embed import Encoder
 from enrich.neighbors import exact_search, recall_at_k
 from enrich.pipeline import EnrichConfig, ReferenceIndex, build_index_from_frame, enrich_frame
@@ -66,7 +66,7 @@ def split_catalog(frame: pl.DataFrame, config: EvalConfig, dates: pl.Series | No
 
 
 def _dates(path: Path, column: str) -> pl.Series:
-    raw, _ = _read_raw(path)
+    raw, _ = read_raw(path)
     if column not in raw.columns:
         raise CatalogError(f"{path}: no column '{column}' for the date (columns are: {', '.join(raw.columns)})")
     parsed = raw[column].str.to_datetime(strict=False)
