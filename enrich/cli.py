@@ -77,18 +77,19 @@ def _describer(args: argparse.Namespace, encoder):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enrich", description="Tags, similar popular listings and exposure priors for new listings.")
     commands = parser.add_subparsers(dest="command", required=True)
+    quiet = argparse.ArgumentParser(add_help=False)  # shared by every command that shows progress
+    quiet.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    index = commands.add_parser("index", help="embed a reference catalog and build its hnswlib index")
+    index = commands.add_parser("index", parents=[quiet], help="embed a reference catalog and build its hnswlib index")
     index.add_argument("reference", help="reference catalog with engagement (.csv, .parquet, .jsonl)")
     index.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
     index.add_argument("--model", help="a fine-tuned tagger folder (`enrich finetune`); `enrich run` uses it by default")
     index.add_argument("--update", action="store_true",
                        help="update the index in --out to this catalog without a rebuild: add new listings, mark delisted ones deleted")
-    index.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(index)
     _engine_flags(index)
 
-    run = commands.add_parser("run", help="enrich new listings")
+    run = commands.add_parser("run", parents=[quiet], help="enrich new listings")
     run.add_argument("new", help="new listings (.csv, .parquet, .jsonl)")
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--index", help="index folder from `enrich index`")
@@ -100,30 +101,26 @@ def _parser() -> argparse.ArgumentParser:
                      help="rows per saved part (default 10000): a killed run resumes from its finished parts")
     run.add_argument("--describe", action="store_true",
                      help="also run the LLM stage: grounded attributes and a Shopify taxonomy node per listing")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(run)
     _llm_flags(run)
     _engine_flags(run)
 
-    attributes = commands.add_parser("attributes", help="the LLM stage alone: grounded attributes and a Shopify taxonomy node")
+    attributes = commands.add_parser("attributes", parents=[quiet], help="the LLM stage alone: grounded attributes and a Shopify taxonomy node")
     attributes.add_argument("listings", help="listings (.csv, .parquet, .jsonl)")
     attributes.add_argument("--out", required=True, help="output table: Parquet, or CSV when the name ends in .csv")
-    attributes.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(attributes)
     _llm_flags(attributes)
-    evaluate = commands.add_parser("eval", help="hold listings out of a catalog, enrich them, score them beside baselines")
+    evaluate = commands.add_parser("eval", parents=[quiet], help="hold listings out of a catalog, enrich them, score them beside baselines")
     evaluate.add_argument("catalog", help="catalog with known categories and engagement")
     evaluate.add_argument("--out", default="out/eval", help="folder for eval.md, eval.json and the plots (default out/eval)")
     evaluate.add_argument("--holdout", type=float, default=0.2, help="share held out as new listings (default 0.2)")
     evaluate.add_argument("--seed", type=int, default=0, help="random split seed (default 0)")
     evaluate.add_argument("--date-col", help="a date column: hold out the latest listings instead (time split)")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(evaluate)
 
-    finetune = commands.add_parser("finetune", help="fine-tune the BERT tag classifier on a catalog with category paths")
+    finetune = commands.add_parser("finetune", parents=[quiet], help="fine-tune the BERT tag classifier on a catalog with category paths")
     finetune.add_argument("catalog", help="catalog with a category path per listing")
     finetune.add_argument("--out", required=True, help="model folder (safetensors, labels, config, metrics); resumes if it holds a checkpoint")
-    finetune.add_argument("--quiet", action="store_true", help="no progress bars")
     _column_flags(finetune)
     from enrich.finetune import add_config_flags
 
