@@ -426,15 +426,13 @@ def update_index(
     return summary
 
 
-def _save_appended(path: Path, old: np.ndarray, new: np.ndarray, rows: int = 65_536) -> None:
+def _save_appended(path: Path, old: np.ndarray, new: np.ndarray) -> None:
     """Save old rows then new ones as one .npy, copying the (memory-mapped) old rows a chunk at a time."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(old) + len(new), old.shape[1]))
-    for start in range(0, len(old), rows):
-        stop = min(start + rows, len(old))
-        out[start:stop] = old[start:stop]
-    out[len(old):] = new
-    out.flush()
-    del out
+    writer = _NpyRowWriter(path, len(old) + len(new), old.shape[1])
+    for start in range(0, len(old), BUILD_CHUNK_ROWS):
+        writer.write(old[start: start + BUILD_CHUNK_ROWS])
+    writer.write(new)
+    writer.close()
 
 
 def _write_folder_atomically(out_dir: Path, write) -> None:
@@ -691,7 +689,7 @@ def enrich(
             for number, chunk in todo.items():
                 write_table(enrich_part(chunk, index, encoder, config, tagger, describer), part_file(number))
                 bar.update(chunk.height)
-    output = pl.concat([pl.read_parquet(parts / f"part-{n:05d}.parquet") for n in range(len(starts))])
+    output = pl.concat([pl.read_parquet(part_file(n)) for n in range(len(starts))])
     summary = _summary(frame, started)
     write_table(output, out_path)
     manifest = {

@@ -306,3 +306,13 @@ def test_an_index_and_its_tagger_can_be_moved_together(sample, sample_columns, e
     shutil.rmtree(tmp_path / "moved" / "tagger")
     code, err = run_cli(capsys, *args, "--out", tmp_path / "out2.parquet")
     assert code == 2 and "which is no longer there" in err and not (tmp_path / "out2.parquet").exists()
+
+
+def test_appended_embeddings_are_the_old_rows_then_the_new_in_chunks(tmp_path, monkeypatch):
+    import enrich.pipeline
+
+    monkeypatch.setattr(enrich.pipeline, "BUILD_CHUNK_ROWS", 3)
+    old, new = np.random.default_rng(0).random((10, 4), np.float32), np.ones((2, 4), np.float32)
+    np.save(tmp_path / "old.npy", old)
+    enrich.pipeline._save_appended(tmp_path / "new.npy", np.load(tmp_path / "old.npy", mmap_mode="r"), new)
+    assert np.array_equal(np.load(tmp_path / "new.npy"), np.vstack([old, new]))
