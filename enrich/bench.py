@@ -28,7 +28,9 @@ from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.embed import Encoder, EncoderConfig, cpu_has_native_bf16, packaged_model_path
 from enrich.evaluate import EvalConfig, evaluate, split_catalog, tag_metrics
 from enrich.neighbors import exact_search, recall_at_k
-from enrich.pipeline import ReferenceIndex, build_index, build_index_from_frame, find_evidence, reference_evidence
+from enrich.pipeline import (
+    ReferenceIndex, build_index, build_index_from_frame, enrich_frame, find_evidence, reference_evidence,
+)
 from enrich.finetune import FinetuneConfig, finetune
 from enrich.prior import FEATURES, Evidence, cross_fitted_text_model
 from enrich.sample import AMAZON_COLUMNS
@@ -186,8 +188,51 @@ def benchmark(catalog: Path, seed: int = 0, with_tagger: bool = True) -> dict:
 LABELLED = Path(__file__).resolve().parent.parent / "tests" / "data" / "labelled_listings.jsonl"
 
 
-def llm_benchmark(labelled: Path = LABELLED) -> dict:
-    """The LLM stage on the hand-labelled listings: rules and nearest-category baselines beside the model."""
+def predicted_categories(frame: pl.DataFrame, catalog: Path, encoder: Encoder) -> list[str | None]:
+    """What `enrich run` would predict for these listings without their category: the neighbours' vote over an
+    index of the catalog without them."""
+    reference = load_catalog(catalog, AMAZON, reference=True).filter(~pl.col("id").is_in(frame["id"].implode()))
+    with tempfile.TemporaryDirectory() as scratch:
+        build_index_from_frame(reference, Path(scratch) / "index", str(catalog), AMAZON, progress=False, encoder=encoder)
+        index = ReferenceIndex.load(Path(scratch) / "index", encoder)
+        return enrich_frame(frame, index, encoder)["category"].to_list()
+
+
+def category_weight_check(frames: dict[str, pl.DataFrame], accepted: list[list[str]], encoder: Encoder,
+                          weights=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0), seed: int = 0) -> dict:
+    """Depth-2 accuracy of the nearest category at each category weight, and, so that the default is not read
+    as tuned on its own test, the weight chosen on one random half of the listings scored on the other, both
+    ways round."""
+    from enrich.describe import category_vectors
+    from enrich.taxonomy import TaxonomyIndex, load_taxonomy, path_prefix, with_category
+
+    taxonomy = load_taxonomy()
+    index = TaxonomyIndex(taxonomy, encoder)
+    halves = np.array_split(np.random.default_rng(seed).permutation(len(accepted)), 2)
+    out = {}
+    for source, frame in frames.items():
+        vectors = encoder.encode(listing_texts(frame))
+        categories = category_vectors(frame["category"].to_list(), encoder)
+        hits = {}
+        for weight in weights:
+            rows, _ = index.candidates(with_category(vectors, categories, weight), 1)
+            hits[weight] = np.array([any(path_prefix(taxonomy.paths[r], 2) == path_prefix(a, 2) for a in ok)
+                                     for r, ok in zip(rows[:, 0], accepted)])
+        right = 0
+        for chosen_on, scored_on in (halves, halves[::-1]):
+            best = max(weights, key=lambda w: hits[w][chosen_on].mean())
+            right += int(hits[best][scored_on].sum())
+        out[source] = {"depth 2 by weight": {str(w): float(h.mean()) for w, h in hits.items()},
+                       "depth 2, weight chosen on the other half": right / len(accepted)}
+    return out
+
+
+def llm_benchmark(labelled: Path = LABELLED, catalog: Path = DEFAULT_CATALOG) -> dict:
+    """The LLM stage on the hand-labelled listings: rules and nearest-category baselines beside the model.
+
+    The listings come with their Amazon category path, as a merchant's catalog does. The taxonomy is also
+    measured without it, and with the category the neighbours' vote predicts (where the catalog is at hand).
+    """
     from enrich.attributes import FIELD_NAMES, AnswerCache, AttributeConfig
     from enrich.describe import DescribeConfig, Describer, describe_frame
     from enrich.evaluate import attribute_scores, taxonomy_scores
@@ -195,22 +240,30 @@ def llm_benchmark(labelled: Path = LABELLED) -> dict:
 
     rows = [json.loads(line) for line in labelled.read_text().splitlines()]
     frame = pl.DataFrame({"id": [r["id"] for r in rows], "title": [r["title"] for r in rows],
-                          "brand": [r["brand"] for r in rows], "text": [r["text"] for r in rows], "status": ["ok"] * len(rows)})
+                          "brand": [r["brand"] for r in rows], "text": [r["text"] for r in rows],
+                          "category": [r["category"] for r in rows], "status": ["ok"] * len(rows),
+                          "notes": [""] * len(rows)})
     labels = [r["attributes"] for r in rows]
     accepted = [[t["path"] for t in r["taxonomy"]] for r in rows]
     encoder = Encoder()
+    rules = AttributeConfig(ask_model=False)
+    no_category = frame.with_columns(pl.lit(None, pl.String).alias("category"))
     runs = {
-        "baseline: first span found, nearest category": DescribeConfig(
-            attributes=AttributeConfig(ask_model=False), taxonomy=TaxonomyConfig(choose="nearest"), use_cache=False),
-        "model chooses attributes, nearest category (default)": DescribeConfig(use_cache=False),
-        "model chooses both": DescribeConfig(taxonomy=TaxonomyConfig(choose="model"), use_cache=False),
+        "baseline: first span found, nearest category": (frame, DescribeConfig(
+            attributes=rules, taxonomy=TaxonomyConfig(choose="nearest", category_weight=0.0), use_cache=False)),
+        "model chooses attributes, nearest category (default)": (frame, DescribeConfig(use_cache=False)),
+        "model chooses both": (frame, DescribeConfig(taxonomy=TaxonomyConfig(choose="model"), use_cache=False)),
+        "taxonomy without the listing's category": (no_category, DescribeConfig(attributes=rules, use_cache=False)),
     }
+    if catalog.exists():
+        predicted = no_category.with_columns(pl.Series("category", predicted_categories(no_category, catalog, encoder)))
+        runs["taxonomy with the predicted category"] = (predicted, DescribeConfig(attributes=rules, use_cache=False))
     results = {"listings": len(rows), "labelled": str(labelled.name)}
-    for name, config in runs.items():
+    for name, (listings, config) in runs.items():
         started = time.perf_counter()
         describer = Describer(config, encoder)
         loaded = time.perf_counter()
-        described = describe_frame(frame, describer)
+        described = describe_frame(listings, describer)
         seconds = time.perf_counter() - loaded
         results[name] = {
             "attributes": attribute_scores([json.loads(a) for a in described["attributes"]], labels, FIELD_NAMES),
@@ -218,9 +271,15 @@ def llm_benchmark(labelled: Path = LABELLED) -> dict:
             "seconds": seconds, "listings_per_s": len(rows) / seconds, "load_seconds": loaded - started,
             "model": describer.chooser.description if describer.chooser else None,
         }
+    if "taxonomy with the predicted category" in runs:
+        guessed = runs["taxonomy with the predicted category"][0]["category"].to_list()
+        results["predicted category accuracy"] = float(np.mean([g == r["category"] for g, r in zip(guessed, rows)]))
+    sources = {"given": frame} | ({"predicted": runs["taxonomy with the predicted category"][0]}
+                                  if "taxonomy with the predicted category" in runs else {})
+    results["category weight"] = category_weight_check(sources, accepted, encoder)
     # Re-describing the same batch: the answers come from the cache.
     with tempfile.TemporaryDirectory() as scratch:
-        describer = Describer(runs["model chooses both"], encoder)
+        describer = Describer(runs["model chooses both"][1], encoder)
         describer.cache = AnswerCache(Path(scratch) / "answers.sqlite")
         describe_frame(frame, describer)
         started = time.perf_counter()
@@ -235,7 +294,8 @@ def llm_markdown(r: dict) -> str:
     ours = r["model chooses attributes, nearest category (default)"]
     both, base = r["model chooses both"], r["baseline: first span found, nearest category"]
     lines = [f"| measure ({r['listings']} hand-labelled listings) | enrich default: model picks attributes, nearest category "
-             "| model picks the category too | baseline: first span found, nearest category | bar |", "|---|---|---|---|---|"]
+             "(text and category path) | model picks the category too | baseline: first span found, nearest category "
+             "by text alone | bar |", "|---|---|---|---|---|"]
     for scope in ("all", "without brand"):
         a, b = ours["attributes"][scope], base["attributes"][scope]
         bar = ">= 0.90" if scope == "all" else ""
@@ -249,7 +309,18 @@ def llm_markdown(r: dict) -> str:
                      f"{f(b['precision'])} / {f(b['coverage'])} | |")
     for depth, bar in (("depth 1", "report"), ("depth 2", ">= 0.80"), ("depth 3", "report"), ("full depth", "report")):
         lines.append(f"| Shopify taxonomy accuracy, {depth} | {f(ours['taxonomy'][depth])} | {f(both['taxonomy'][depth])} | "
-                     f"(same as default) | {bar} |")
+                     f"{f(base['taxonomy'][depth])} | {bar} |")
+    for name in ("taxonomy without the listing's category", "taxonomy with the predicted category"):
+        if name in r:
+            t = r[name]["taxonomy"]
+            note = (f" (the vote names the listing's own category for {r['predicted category accuracy']:.3f})"
+                    if "predicted" in name else "")
+            lines.append(f"| &nbsp;&nbsp;{name}{note}: depth 1 / 2 / 3 / full | {f(t['depth 1'])} / {f(t['depth 2'])} / "
+                         f"{f(t['depth 3'])} / {f(t['full depth'])} | | | |")
+    for source, check in r.get("category weight", {}).items():
+        sweep = ", ".join(f"{w} {f(a)}" for w, a in check["depth 2 by weight"].items())
+        lines.append(f"| &nbsp;&nbsp;depth 2 by category weight, {source} category (nearest): {sweep}; weight chosen on one "
+                     f"half, scored on the other | {f(check['depth 2, weight chosen on the other half'])} | | | |")
     model = both["model"] or {}
     lines.append(f"| listings/s on this CPU ({model.get('model')}, {model.get('dtype')}; model load "
                  f"{both['load_seconds']:.1f} s) | {ours['listings_per_s']:.2f} | {both['listings_per_s']:.2f} | "
@@ -317,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-only", action="store_true", help="only the LLM stage on the hand-labelled listings")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    llm = llm_benchmark()
+    llm = llm_benchmark(catalog=args.catalog)
     (args.out / "bench-llm.json").write_text(json.dumps(llm, indent=1))
     (args.out / "bench-llm.md").write_text(llm_markdown(llm) + "\n")
     print(llm_markdown(llm))

@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 
 from enrich.catalog import CatalogError, Columns
+from enrich.taxonomy import TaxonomyConfig
 
 
 def _column_flags(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +58,9 @@ def _llm_flags(parser: argparse.ArgumentParser) -> None:
                        help="nearest: the closest category by embedding (default, measured better with the 135M model); "
                        "model: the LLM picks among the retrieved candidates")
     group.add_argument("--taxonomy", help="a Shopify product-taxonomy release folder (default: the one shipped)")
+    group.add_argument("--taxonomy-category-weight", type=float, default=TaxonomyConfig.category_weight, metavar="W",
+                       help="weight of the listing's category path (given, or predicted by `run`) beside its text "
+                       "when retrieving taxonomy candidates; 0: the text alone (default %(default)s)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the LLM answer cache")
 
 
@@ -64,12 +68,12 @@ def _describer(args: argparse.Namespace, encoder):
     from enrich.attributes import AttributeConfig
     from enrich.describe import DescribeConfig, Describer
     from enrich.llm import LLMConfig
-    from enrich.taxonomy import TaxonomyConfig
 
     config = DescribeConfig(
         llm=LLMConfig.from_env(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url),
         attributes=AttributeConfig(ask_model=args.attributes_by == "model"),
-        taxonomy=TaxonomyConfig(choose=args.taxonomy_by), taxonomy_source=args.taxonomy or "",
+        taxonomy=TaxonomyConfig(choose=args.taxonomy_by, category_weight=args.taxonomy_category_weight),
+        taxonomy_source=args.taxonomy or "",
         use_cache=not args.no_cache)
     return Describer(config, encoder)
 

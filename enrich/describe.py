@@ -21,7 +21,7 @@ from enrich.attributes import AnswerCache, AttributeConfig, extract
 from enrich.catalog import listing_texts, put_back
 from enrich.llm import LLMConfig, cache_root, describe as describe_llm, load_chooser
 from enrich.prompts import load_prompt
-from enrich.taxonomy import TaxonomyConfig, TaxonomyIndex, load_taxonomy, map_listing
+from enrich.taxonomy import TaxonomyConfig, TaxonomyIndex, load_taxonomy, map_listing, with_category
 
 DESCRIBE_SCHEMA = {
     "id": pl.String,
@@ -72,16 +72,31 @@ class Describer:
         }
 
 
+def category_vectors(categories: list[str | None], encoder) -> np.ndarray:
+    """Each listing's category path embedded (each distinct path once); zeros where there is none."""
+    distinct = sorted({c for c in categories if c})
+    found = dict(zip(distinct, encoder.encode(distinct)))
+    zero = np.zeros(encoder.dim, dtype=np.float32)
+    return np.stack([found.get(c, zero) for c in categories])
+
+
 def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = False,
-                   vectors: np.ndarray | None = None) -> pl.DataFrame:
+                   vectors: np.ndarray | None = None, categories: list[str | None] | None = None) -> pl.DataFrame:
     """Attributes and taxonomy for the rows whose status is ok; other rows keep nulls.
 
     `vectors`: the ok rows' embeddings by the describer's encoder, when the caller already has them.
+    `categories`: the ok rows' category paths for the taxonomy query (None for a row without one); by default
+    the frame's own `category` column.
     """
     ok_mask = (frame["status"] == "ok").to_numpy()
     ok = frame.filter(pl.Series(ok_mask))
     if vectors is None:
         vectors = describer.encoder.encode(listing_texts(ok), progress=progress, desc="embedding for taxonomy")
+    if categories is None:
+        categories = ok["category"].to_list() if "category" in ok.columns else [None] * ok.height
+    weight = describer.config.taxonomy.category_weight
+    if weight and any(categories):
+        vectors = with_category(vectors, category_vectors(categories, describer.encoder), weight)
     rows, sims = describer.taxonomy_index.candidates(vectors, describer.config.taxonomy.candidates)
     records = []
     for i, listing in enumerate(tqdm(ok.iter_rows(named=True), total=ok.height, desc="describing", unit="listing",

@@ -2,6 +2,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -175,11 +176,37 @@ def test_run_with_describe_adds_attribute_tags_and_the_taxonomy(tmp_path, sample
     from enrich.catalog import load_catalog
     from enrich.describe import describe_frame
 
-    alone = describe_frame(load_catalog(tmp_path / "new.csv", sample_columns), describer)
+    # New listings without a category: the taxonomy query reads the category the run predicted.
+    alone = describe_frame(load_catalog(tmp_path / "new.csv", sample_columns), describer,
+                           categories=ok["category"].to_list())
     assert out["taxonomy_path"].to_list() == alone["taxonomy_path"].to_list()
     enrich(tmp_path / "new.csv", tmp_path / "plain.parquet", index_dir=sample_index[0], columns=sample_columns,
            progress=False, part_rows=5, encoder=encoder)
     assert out["neighbors"].to_list() == pl.read_parquet(tmp_path / "plain.parquet")["neighbors"].to_list()
+
+
+def test_a_listings_category_path_steers_the_taxonomy_query(encoder, small_taxonomy):
+    from enrich.describe import category_vectors
+    from enrich.taxonomy import with_category
+
+    rules = AttributeConfig(ask_model=False)
+    describer = _describer(encoder, None, small_taxonomy, taxonomy=TaxonomyConfig(choose="nearest"), attributes=rules)
+    # A title that says nothing about what the thing is: only the category can place it.
+    frame = _frame([{"id": str(i), "title": "Zorbo 3000", "brand": "Acme", "text": ""} for i in range(3)])
+    categories = ["Party Supplies > Balloons", "Games > Board Games", None]
+    steered = describe_frame(frame, describer, categories=categories)["taxonomy_path"].to_list()
+    plain = describe_frame(frame, describer)["taxonomy_path"].to_list()
+    assert "Balloon" in steered[0] and "Board Games" in steered[1]
+    assert steered[2] == plain[2] == plain[0]  # no category: the text alone, as before
+    off = _describer(encoder, None, small_taxonomy, taxonomy=TaxonomyConfig(choose="nearest", category_weight=0.0),
+                     attributes=rules)
+    assert describe_frame(frame, off, categories=categories)["taxonomy_path"].to_list() == plain
+
+    vectors = category_vectors(["Games", None, "Games"], encoder)
+    assert (vectors[1] == 0).all() and (vectors[0] == vectors[2]).all()
+    listing = encoder.encode(["Zorbo 3000"] * 3)
+    mixed = with_category(listing, vectors, 0.5)
+    assert np.allclose(np.linalg.norm(mixed, axis=1), 1, atol=1e-5) and np.allclose(mixed[1], listing[1], atol=1e-6)
 
 
 def test_labelled_benchmark_set_is_complete():
@@ -189,4 +216,5 @@ def test_labelled_benchmark_set_is_complete():
     for row in rows:
         assert row["title"] and set(row["attributes"]) == set(SCHEMA["properties"])
         assert row["taxonomy"] and all(t["id"] in ids for t in row["taxonomy"])
+        assert row["category"]  # the listing's Amazon category path, as a merchant's catalog gives it
     assert NOT_STATED not in json.dumps([r["attributes"] for r in rows])
