@@ -94,6 +94,8 @@ def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = F
         vectors = describer.encoder.encode(listing_texts(ok), progress=progress, desc="embedding for taxonomy")
     if categories is None:
         categories = ok["category"].to_list() if "category" in ok.columns else [None] * ok.height
+    if len(categories) != ok.height:
+        raise ValueError(f"{len(categories)} categories for {ok.height} listings to describe")
     weight = describer.config.taxonomy.category_weight
     if weight and any(categories):
         vectors = with_category(vectors, category_vectors(categories, describer.encoder), weight)

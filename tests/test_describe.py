@@ -202,6 +202,9 @@ def test_a_listings_category_path_steers_the_taxonomy_query(encoder, small_taxon
                      attributes=rules)
     assert describe_frame(frame, off, categories=categories)["taxonomy_path"].to_list() == plain
 
+    with pytest.raises(ValueError, match="2 categories for 3 listings"):
+        describe_frame(frame, describer, categories=categories[:2])
+
     vectors = category_vectors(["Games", None, "Games"], encoder)
     assert (vectors[1] == 0).all() and (vectors[0] == vectors[2]).all()
     listing = encoder.encode(["Zorbo 3000"] * 3)
