@@ -602,14 +602,14 @@ def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, co
         return enrich_frame(chunk, index, encoder, config, False, tagger)
     from enrich.describe import describe_frame
 
-    ok = chunk.filter(pl.col("status") == "ok")
+    usable = chunk["status"] == "ok"
+    ok = chunk.filter(usable)
     vectors = None
     if describer.encoder is encoder:  # one embedding serves the neighbours and the taxonomy
         vectors = encoder.encode(listing_texts(ok))
     enriched = enrich_frame(chunk, index, encoder, config, False, tagger, vectors)
     # The taxonomy query reads each listing's category: the one it came with, else the one just predicted.
-    categories = (pl.DataFrame({"given": chunk["category"], "predicted": enriched["category"]})
-                  .filter(chunk["status"] == "ok").select(pl.coalesce("given", "predicted")).to_series().to_list())
+    categories = ok["category"].fill_null(enriched["category"].filter(usable)).to_list()
     return add_description(enriched, describe_frame(chunk, describer, vectors=vectors, categories=categories))
 
 
