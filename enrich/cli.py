@@ -61,6 +61,9 @@ def _llm_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--taxonomy-category-weight", type=float, default=TaxonomyConfig.category_weight, metavar="W",
                        help="weight of the listing's category path (given, or predicted by `run`) beside its text "
                        "when retrieving taxonomy candidates; 0: the text alone (default %(default)s)")
+    group.add_argument("--taxonomy-name-weight", type=float, default=TaxonomyConfig.name_weight, metavar="W",
+                       help="weight of a taxonomy category's own name beside its full path in its vector; "
+                       "0: the path alone (default %(default)s)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the LLM answer cache")
 
 
@@ -72,7 +75,8 @@ def _describer(args: argparse.Namespace, encoder):
     config = DescribeConfig(
         llm=LLMConfig.from_env(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url),
         attributes=AttributeConfig(ask_model=args.attributes_by == "model"),
-        taxonomy=TaxonomyConfig(choose=args.taxonomy_by, category_weight=args.taxonomy_category_weight),
+        taxonomy=TaxonomyConfig(choose=args.taxonomy_by, category_weight=args.taxonomy_category_weight,
+                                name_weight=args.taxonomy_name_weight),
         taxonomy_source=args.taxonomy or "",
         use_cache=not args.no_cache)
     return Describer(config, encoder)

@@ -21,7 +21,8 @@ from enrich.attributes import AnswerCache, AttributeConfig, extract
 from enrich.catalog import listing_texts, put_back
 from enrich.llm import LLMConfig, cache_root, describe as describe_llm, load_chooser
 from enrich.prompts import load_prompt
-from enrich.taxonomy import TaxonomyConfig, TaxonomyIndex, load_taxonomy, map_listing, with_category
+from enrich.taxonomy import (TaxonomyConfig, TaxonomyIndex, category_vectors, load_taxonomy, map_listing,
+                             with_category)
 
 DESCRIBE_SCHEMA = {
     "id": pl.String,
@@ -58,7 +59,7 @@ class Describer:
         self.taxonomy_prompt = load_prompt("taxonomy", config.taxonomy.prompt_version)
         self.taxonomy = load_taxonomy(Path(config.taxonomy_source) if config.taxonomy_source else None)
         root = cache_root(config.llm)
-        self.taxonomy_index = TaxonomyIndex(self.taxonomy, encoder, root / "taxonomy")
+        self.taxonomy_index = TaxonomyIndex(self.taxonomy, encoder, root / "taxonomy", config.taxonomy.name_weight)
         self.cache = AnswerCache(root / "llm_answers.sqlite") if config.use_cache and self.chooser else None
 
     def manifest(self) -> dict:
@@ -70,14 +71,6 @@ class Describer:
             "attributes": asdict(self.config.attributes),
             "taxonomy_config": asdict(self.config.taxonomy),
         }
-
-
-def category_vectors(categories: list[str | None], encoder) -> np.ndarray:
-    """Each listing's category path embedded (each distinct path once); zeros where there is none."""
-    distinct = sorted({c for c in categories if c})
-    found = dict(zip(distinct, encoder.encode(distinct)))
-    zero = np.zeros(encoder.dim, dtype=np.float32)
-    return np.stack([found.get(c, zero) for c in categories])
 
 
 def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = False,
@@ -124,6 +117,13 @@ def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = F
     return put_back(frame, ok_mask, described, ["id"]).select(list(DESCRIBE_SCHEMA)).cast(DESCRIBE_SCHEMA)
 
 
+def partial_status() -> pl.Expr:
+    """`status` with the LLM stage's failures marked: a field the model answered badly twice is left empty and
+    the row's status says so (`partial: ...`) instead of the batch failing. Needs `status` and `llm_notes`."""
+    return (pl.when((pl.col("status") == "ok") & (pl.col("llm_notes").fill_null("") != ""))
+            .then(pl.lit("partial: ") + pl.col("llm_notes")).otherwise(pl.col("status")).alias("status"))
+
+
 def describe_catalog(frame: pl.DataFrame, describer: Describer, out: Path, progress: bool = False) -> dict:
     """`enrich attributes`: describe a loaded catalog, write the table and its manifest atomically."""
     from enrich.catalog import write_table, write_text_atomically
@@ -131,10 +131,7 @@ def describe_catalog(frame: pl.DataFrame, describer: Describer, out: Path, progr
     started = time.time()
     described = describe_frame(frame, describer, progress)
     result = pl.concat([described.select("id"), frame.select("status"), described.drop("id")], how="horizontal")
-    # A field the model answered badly twice is left empty; the row says so instead of failing the batch.
-    result = result.with_columns(
-        pl.when((pl.col("status") == "ok") & (pl.col("llm_notes").fill_null("") != ""))
-        .then(pl.lit("partial: ") + pl.col("llm_notes")).otherwise(pl.col("status")).alias("status"))
+    result = result.with_columns(partial_status())
     write_table(result, out)
     elapsed = time.time() - started
     manifest = describer.manifest() | {

@@ -63,11 +63,15 @@ class Summary:
     refused: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     reused_embeddings: int = 0
+    partial: int = 0  # enriched, but with a field of the LLM stage left empty (status `partial: ...`)
     warnings: list[str] = field(default_factory=list)
 
     def lines(self, verb: str) -> list[str]:
         out = [f"{self.rows} rows read, {self.ok} {verb}, {self.rows - self.ok} refused in {self.seconds:.1f} s"]
         out += [f"  refused ({count}): {reason}" for reason, count in sorted(self.refused.items(), key=lambda x: -x[1])]
+        if self.partial:
+            out.append(f"  {self.partial} of the {self.ok} {verb} partly: a field the model answered badly was left "
+                       "empty (status 'partial: ...')")
         out += [f"warning: {warning}" for warning in self.warnings]
         return out
 
@@ -547,7 +551,8 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
                  progress: bool = False, tagger: Tagger | None = None, vectors: np.ndarray | None = None) -> pl.DataFrame:
     """The output table for a standard catalog frame: one row per input row, in input order.
 
-    With a fine-tuned `tagger`, the category comes from its probabilities fused with the neighbours' vote.
+    With a fine-tuned `tagger`, the category comes from its probabilities fused with the neighbours' vote. A
+    listing that comes with a category keeps it (see tags.vote).
     `vectors`: the usable rows' embeddings, when the caller already has them.
     """
     ok_mask = (frame["status"] == "ok").to_numpy()
@@ -561,7 +566,7 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
     classifier = None
     if tagger is not None:
         classifier = ClassifierScores(tagger.labels, tagger.probabilities(found.texts), tagger.min_level_score)
-    votes = vote(index.categories[positions], sims, config.vote, classifier)
+    votes = vote(index.categories[positions], sims, config.vote, classifier, ok["category"].to_list())
     estimate = index.prior.predict(found.evidence)
     chosen = np.take_along_axis(positions, votes.order, 1)
     chosen_sims = np.take_along_axis(sims, votes.order, 1)
@@ -582,17 +587,18 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
 
 
 def add_description(enriched: pl.DataFrame, described: pl.DataFrame) -> pl.DataFrame:
-    """The LLM stage's columns into the output: attribute tags after the category's, notes joined."""
+    """The LLM stage's columns into the output: attribute tags after the category's; a row whose LLM fields were
+    answered badly is marked `partial: ...` in its status (everything else in it is filled as for `ok`)."""
+    from enrich.describe import partial_status
+
     joined = pl.concat([enriched.drop(*_DESCRIBED), described.drop("id")], how="horizontal")
     return joined.with_columns(
         pl.concat_list(pl.col("tags").fill_null([]), pl.col("attribute_tags").fill_null([])).alias("tags"),
         pl.concat_list(pl.col("tag_scores").fill_null([]), pl.col("attribute_tag_scores").fill_null([])).alias("tag_scores"),
-        pl.concat_str([pl.col("notes"), pl.col("llm_notes")], separator="; ", ignore_nulls=True)
-        .str.strip_chars("; ").alias("notes"),
     ).with_columns(
         pl.when(pl.col("status") == "ok").then(pl.col("tags")).otherwise(None).alias("tags"),
         pl.when(pl.col("status") == "ok").then(pl.col("tag_scores")).otherwise(None).alias("tag_scores"),
-    ).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
+    ).with_columns(partial_status()).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
 
 
 def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig,
@@ -608,8 +614,8 @@ def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, co
     if describer.encoder is encoder:  # one embedding serves the neighbours and the taxonomy
         vectors = encoder.encode(listing_texts(ok))
     enriched = enrich_frame(chunk, index, encoder, config, False, tagger, vectors)
-    # The taxonomy query reads each listing's category: the one it came with, else the one just predicted.
-    categories = ok["category"].fill_null(enriched["category"].filter(usable)).to_list()
+    # The taxonomy query reads each listing's category: the one it came with (kept), else the one just predicted.
+    categories = enriched["category"].filter(usable).to_list()
     return add_description(enriched, describe_frame(chunk, describer, vectors=vectors, categories=categories))
 
 
@@ -695,6 +701,7 @@ def enrich(
                 bar.update(chunk.height)
     output = pl.concat([pl.read_parquet(part_file(n)) for n in range(len(starts))])
     summary = _summary(frame, started)
+    summary.partial = int(output["status"].str.starts_with("partial").sum())
     write_table(output, out_path)
     manifest = {
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

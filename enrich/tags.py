@@ -62,11 +62,13 @@ class ClassifierScores:
 
 
 def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig = VoteConfig(),
-         classifier: ClassifierScores | None = None) -> Votes:
+         classifier: ClassifierScores | None = None, given: list[str | None] | None = None) -> Votes:
     """`candidate_categories[i, j]`: category path of listing i's j-th candidate (None if unknown).
 
     With `classifier`, the category distribution is `classifier_weight` x the tagger's probabilities plus
     the rest x the neighbours' vote, and it both names the category and re-orders the neighbours.
+    `given[i]`: the category listing i came with, if any. The merchant's own word is kept, not second-guessed:
+    it is the category (score 1.0), its levels are the tags, and it re-orders the neighbours.
     """
     n, k = sims.shape
     top_k = min(config.top_k, k)
@@ -77,9 +79,12 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
         return result
     min_level_score = classifier.min_level_score if classifier else 0.0
     for i in range(n):
-        shares = category_shares(candidate_categories[i], sims[i], config.temperature)
-        if classifier is not None:
-            shares = _fuse(shares, classifier, i, config)
+        if given is not None and given[i]:
+            shares = {given[i]: 1.0}
+        else:
+            shares = category_shares(candidate_categories[i], sims[i], config.temperature)
+            if classifier is not None:
+                shares = _fuse(shares, classifier, i, config)
         share_of = np.array([shares.get(path, 0.0) if path else 0.0 for path in candidate_categories[i]])
         result.order[i] = np.argsort(-(sims[i] + config.rerank_weight * share_of), kind="stable")[:top_k]
         if not shares:

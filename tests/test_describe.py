@@ -123,20 +123,27 @@ def test_describe_keeps_every_row_in_order_and_answers_from_the_cache(encoder, t
     assert describer.cache.misses == asked  # the second run only looked answers up
 
 
+class InjectedClient:
+    """An OpenAI-compatible client that always answers what the injected text asks for: never an option."""
+
+    def __init__(self):
+        self.calls = 0
+        self.chat = self
+        self.completions = self
+
+    def create(self, **request):
+        self.calls += 1
+        message = type("Message", (), {"content": "Electronics > Computers"})
+        return type("Response", (), {"choices": [type("Choice", (), {"message": message})]})
+
+
+def _injected_chooser() -> ChatChooser:
+    return ChatChooser(LLMConfig(backend="openai", model="served", base_url="http://127.0.0.1:9/v1"), client=InjectedClient())
+
+
 def test_chat_answers_outside_the_options_leave_the_field_empty_and_say_so(encoder, small_taxonomy, llm_cache):
-    class Scripted:  # an OpenAI-compatible client that always answers what the injected text asks for
-        def __init__(self):
-            self.calls = 0
-            self.chat = self
-            self.completions = self
-
-        def create(self, **request):
-            self.calls += 1
-            message = type("Message", (), {"content": "Electronics > Computers"})
-            return type("Response", (), {"choices": [type("Choice", (), {"message": message})]})
-
-    client = Scripted()
-    chooser = ChatChooser(LLMConfig(backend="openai", model="served", base_url="http://127.0.0.1:9/v1"), client=client)
+    chooser = _injected_chooser()
+    client = chooser.client
     frame = _frame([{"id": "a", "title": "Red wooden kite", "brand": "Brookite", "text": "red or blue. " + INJECTION}])
     out = describe_frame(frame, _describer(encoder, chooser, small_taxonomy)).row(0, named=True)
     assert out["taxonomy_path"] is None and "taxonomy: model answered" in out["llm_notes"]
@@ -185,9 +192,26 @@ def test_run_with_describe_adds_attribute_tags_and_the_taxonomy(tmp_path, sample
     assert out["neighbors"].to_list() == pl.read_parquet(tmp_path / "plain.parquet")["neighbors"].to_list()
 
 
+def test_run_marks_rows_whose_llm_answers_were_refused_partial_and_keeps_the_rest(tmp_path, sample, sample_columns,
+                                                                                   sample_index, encoder, small_taxonomy,
+                                                                                   llm_cache):
+    from enrich.pipeline import enrich
+
+    pl.read_csv(sample["new"]).head(3).write_csv(tmp_path / "new.csv")
+    describer = _describer(encoder, _injected_chooser(), small_taxonomy, taxonomy=TaxonomyConfig(choose="model"))
+    summary = enrich(tmp_path / "new.csv", tmp_path / "out.parquet", index_dir=sample_index[0], columns=sample_columns,
+                     progress=False, describer=describer, encoder=encoder)
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert out.height == 3 and out["status"].str.starts_with("partial: ").all()
+    assert out["status"].str.contains("taxonomy: model answered").all()
+    assert out["taxonomy_path"].null_count() == 3  # never an answer outside the candidates
+    for column in ("category", "neighbors", "exposure_prior", "tags"):  # what the ranker reads is all there
+        assert out[column].null_count() == 0
+    assert summary.ok == 3 and summary.partial == 3 and "3 of the 3 enriched partly" in "\n".join(summary.lines("enriched"))
+
+
 def test_a_listings_category_path_steers_the_taxonomy_query(encoder, small_taxonomy):
-    from enrich.describe import category_vectors
-    from enrich.taxonomy import with_category
+    from enrich.taxonomy import category_vectors, with_category
 
     rules = AttributeConfig(ask_model=False)
     describer = _describer(encoder, None, small_taxonomy, taxonomy=TaxonomyConfig(choose="nearest"), attributes=rules)
@@ -214,10 +238,38 @@ def test_a_listings_category_path_steers_the_taxonomy_query(encoder, small_taxon
 
 def test_labelled_benchmark_set_is_complete():
     rows = [json.loads(line) for line in LABELLED.read_text().splitlines()]
-    ids = set(load_taxonomy().ids)
+    taxonomy = load_taxonomy()
+    ids = set(taxonomy.ids)
     assert len(rows) >= 100 and len({r["id"] for r in rows}) == len(rows)
     for row in rows:
         assert row["title"] and set(row["attributes"]) == set(SCHEMA["properties"])
         assert row["taxonomy"] and all(t["id"] in ids for t in row["taxonomy"])
         assert row["category"]  # the listing's Amazon category path, as a merchant's catalog gives it
     assert NOT_STATED not in json.dumps([r["attributes"] for r in rows])
+    holdout = [json.loads(line) for line in LABELLED.with_name("labelled_taxonomy_holdout.jsonl").read_text().splitlines()]
+    assert len(holdout) >= 50 and not {r["id"] for r in holdout} & {r["id"] for r in rows}
+    for row in holdout:
+        assert row["title"] and row["category"] and row["taxonomy"]
+        assert all(t["id"] in ids and t["path"] == taxonomy.paths[taxonomy.ids.index(t["id"])] for t in row["taxonomy"])
+
+
+def test_a_categorys_vector_weighs_its_own_name_beside_its_path(encoder, small_taxonomy, tmp_path):
+    from enrich.taxonomy import TaxonomyIndex, load_taxonomy, with_category
+
+    taxonomy = load_taxonomy(small_taxonomy)
+    index = TaxonomyIndex(taxonomy, encoder, tmp_path, name_weight=0.3)
+    names = [path.split(" > ")[-1] for path in taxonomy.paths]
+    np.testing.assert_allclose(index.path_vectors, encoder.encode(list(taxonomy.paths)), atol=1e-5)
+    np.testing.assert_allclose(index.name_vectors, encoder.encode(names), atol=1e-5)
+    np.testing.assert_allclose(index.vectors, with_category(index.path_vectors, index.name_vectors, 0.3), atol=1e-6)
+    assert np.abs(index.vectors - index.path_vectors).max() > 0.01  # the name does move the vector
+    np.testing.assert_allclose(index.with_name_weight(0.0).vectors, index.path_vectors, atol=1e-6)
+    assert index.vectors is not index.with_name_weight(0.0).vectors  # the original is left as it was
+
+    cached = TaxonomyIndex(taxonomy, encoder, tmp_path, name_weight=0.3)  # from the cache this time
+    np.testing.assert_array_equal(cached.vectors, index.vectors)
+    assert len(list(tmp_path.glob("taxonomy-*.npy"))) == 1
+
+    describer = _describer(encoder, None, small_taxonomy, taxonomy=TaxonomyConfig(choose="nearest", name_weight=0.7),
+                           attributes=AttributeConfig(ask_model=False))
+    assert describer.taxonomy_index.name_weight == 0.7

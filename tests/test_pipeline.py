@@ -143,6 +143,20 @@ def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, tiny_
     assert manifest["tagger"]["path"] == str(tiny_tagger) and "temperature" in manifest["tagger"]["metrics"]
 
 
+def test_a_new_listing_keeps_the_category_it_came_with(sample_index, sample, tmp_path, capsys):
+    folder, _ = sample_index
+    new = pl.read_csv(sample["new"], infer_schema=False).head(3)
+    given = "Hobbies > Model Trains & Railway Sets > Rail Vehicles > Trains"
+    new.with_columns(pl.Series("amazon_category_and_sub_category", [given, None, ""])).write_csv(tmp_path / "new.csv")
+    code, err = run_cli(capsys, "run", tmp_path / "new.csv", "--index", folder, "--out", tmp_path / "out.parquet",
+                        "--columns", sample["columns"], "--quiet")
+    assert code == 0, err
+    kept, missing, empty = pl.read_parquet(tmp_path / "out.parquet").to_dicts()
+    assert kept["category"] == given and kept["category_score"] == 1.0 and kept["tags"] == given.split(" > ")
+    assert missing["category"] not in (None, given) and missing["category_score"] < 1  # predicted
+    assert empty["category"] is not None and empty["category_score"] < 1  # an empty category is no category
+
+
 def test_edge_sizes_empty_input_and_tiny_reference(sample_index, sample, tmp_path, capsys):
     folder, _ = sample_index
     (tmp_path / "empty.jsonl").write_text("")

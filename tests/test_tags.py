@@ -38,3 +38,14 @@ def test_the_tagger_fused_with_the_vote_can_overrule_it_and_reorders_neighbours(
     assert vote(categories, sims, VoteConfig(classifier_weight=1.0), unsure).tags == [["Toys"]]  # leaf falls back
     no_neighbour_categories = vote(np.array([[None, None, None]], dtype=object), sims, VoteConfig(classifier_weight=0.5), sure_trains)
     assert no_neighbour_categories.category_score == [pytest.approx(0.95)]
+
+
+def test_a_given_category_is_kept_and_reorders_the_neighbours():
+    categories = np.array([["Toys > Cars", "Toys > Cars", "Toys > Trains"]] * 2, dtype=object)
+    sims = np.array([[0.90, 0.89, 0.88]] * 2, dtype=np.float32)
+    votes = vote(categories, sims, VoteConfig(top_k=3), given=["Toys > Trains", None])
+    assert votes.category == ["Toys > Trains", "Toys > Cars"]
+    assert votes.category_score[0] == 1.0 and votes.tags[0] == ["Toys", "Trains"] and votes.tag_scores[0] == [1.0, 1.0]
+    assert votes.order[0, 0] == 2 and votes.order[1].tolist() == [0, 1, 2]  # the Trains neighbour first
+    unknown = vote(categories[:1], sims[:1], given=["Toys > Trains > Wooden"])  # a path no neighbour has
+    assert unknown.category == ["Toys > Trains > Wooden"] and unknown.tags[0] == ["Toys", "Trains", "Wooden"]
