@@ -186,7 +186,7 @@ def benchmark(catalog: Path, seed: int = 0, with_tagger: bool = True) -> dict:
 
 
 LABELLED = Path(__file__).resolve().parent.parent / "tests" / "data" / "labelled_listings.jsonl"
-# Fifty more listings, labelled with Shopify categories only after the retrieval weights had been fixed on the
+# A hundred more listings, labelled with Shopify categories only after the retrieval weights had been fixed on the
 # 110 above: the taxonomy's only measure untouched by tuning.
 HOLDOUT = LABELLED.with_name("labelled_taxonomy_holdout.jsonl")
 

@@ -247,7 +247,7 @@ def test_labelled_benchmark_set_is_complete():
         assert row["category"]  # the listing's Amazon category path, as a merchant's catalog gives it
     assert NOT_STATED not in json.dumps([r["attributes"] for r in rows])
     holdout = [json.loads(line) for line in LABELLED.with_name("labelled_taxonomy_holdout.jsonl").read_text().splitlines()]
-    assert len(holdout) >= 50 and not {r["id"] for r in holdout} & {r["id"] for r in rows}
+    assert len(holdout) >= 100 and not {r["id"] for r in holdout} & {r["id"] for r in rows}
     for row in holdout:
         assert row["title"] and row["category"] and row["taxonomy"]
         assert all(t["id"] in ids and t["path"] == taxonomy.paths[taxonomy.ids.index(t["id"])] for t in row["taxonomy"])
