@@ -217,7 +217,7 @@ def retrieval_weight_check(frame: pl.DataFrame, categories: dict[str, list[str |
     the query; a category's name in its vector), for each source of the listings' categories. So that the
     defaults are not read as tuned on their own test: both weights chosen on one random half of the listings
     and scored on the other, both ways round, averaged over several random halvings."""
-    from enrich.evaluate import taxonomy_scores
+    from enrich.evaluate import taxonomy_hits
     from enrich.taxonomy import TaxonomyConfig, category_vectors, with_category
 
     category_weights = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
@@ -236,7 +236,7 @@ def retrieval_weight_check(frame: pl.DataFrame, categories: dict[str, list[str |
             query = with_category(vectors, pulled, cw)
             for nw, index in indexes.items():
                 rows, _ = index.candidates(query, 1)
-                right[cw, nw] = np.array([taxonomy_scores([paths[r]], [a])["depth 2"] for r, a in zip(rows[:, 0], accepted)])
+                right[cw, nw] = taxonomy_hits([paths[r] for r in rows[:, 0]], accepted, 2)
         held_out = []
         for halves in splits:
             for chosen_on, scored_on in (halves, halves[::-1]):

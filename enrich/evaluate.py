@@ -382,14 +382,16 @@ def attribute_scores(predicted: list[dict], labels: list[dict], fields: tuple[st
     return {"fields": per_field, "all": overall(fields), "without brand": overall([n for n in fields if n != "brand"])}
 
 
-def taxonomy_scores(predicted_paths: list[str | None], accepted_paths: list[list[str]], depths=(1, 2, 3)) -> dict:
-    """Accuracy at Shopify depth d (the first d levels equal one accepted path's) and at full depth."""
+def taxonomy_hits(predicted_paths: list[str | None], accepted_paths: list[list[str]], depth: int) -> np.ndarray:
+    """Per listing: whether the first `depth` levels of its predicted path equal one accepted path's."""
     from enrich.taxonomy import path_prefix
 
-    scores = {}
-    for depth in depths:
-        hits = [p is not None and any(path_prefix(p, depth) == path_prefix(a, depth) for a in accepted)
-                for p, accepted in zip(predicted_paths, accepted_paths)]
-        scores[f"depth {depth}"] = float(np.mean(hits))
+    return np.array([p is not None and any(path_prefix(p, depth) == path_prefix(a, depth) for a in accepted)
+                     for p, accepted in zip(predicted_paths, accepted_paths)], dtype=bool)
+
+
+def taxonomy_scores(predicted_paths: list[str | None], accepted_paths: list[list[str]], depths=(1, 2, 3)) -> dict:
+    """Accuracy at Shopify depth d (the first d levels equal one accepted path's) and at full depth."""
+    scores = {f"depth {depth}": float(taxonomy_hits(predicted_paths, accepted_paths, depth).mean()) for depth in depths}
     scores["full depth"] = float(np.mean([p in accepted for p, accepted in zip(predicted_paths, accepted_paths)]))
     return scores
