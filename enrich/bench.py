@@ -31,7 +31,7 @@ from enrich.neighbors import exact_search, recall_at_k
 from enrich.pipeline import (
     ReferenceIndex, build_index, build_index_from_frame, enrich_frame, find_evidence, reference_evidence,
 )
-from enrich.finetune import FinetuneConfig, finetune
+from enrich.finetune import FinetuneConfig, finetune, training_data
 from enrich.prior import FEATURES, Evidence, cross_fitted_text_model
 from enrich.sample import AMAZON_COLUMNS
 from enrich.tagger import Tagger
@@ -142,18 +142,64 @@ def train_tagger(catalog: Path, reference: pl.DataFrame, folder: Path) -> tuple[
     return Tagger.load(folder / "tagger"), figures
 
 
-def fusion_sweep(index: ReferenceIndex, found, tagger: Tagger, truth: list, weights=(0.0, 0.3, 0.5, 0.7, 0.85, 1.0)) -> dict:
-    """Category quality as the tagger's share of the fused distribution goes from 0 (vote only) to 1."""
-    started = time.perf_counter()
-    probabilities = tagger.probabilities(found.texts)
-    per_s = len(found.texts) / (time.perf_counter() - started)
-    classifier = ClassifierScores(tagger.labels, probabilities)
-    out = {"prediction_listings_per_s": per_s}
-    for weight in weights:
-        votes = vote(index.categories[found.positions], found.sims, VoteConfig(classifier_weight=weight), classifier)
-        metrics = tag_metrics(votes.category, truth)
-        out[f"{weight:g}"] = {"full path": metrics["full path"], "top level": metrics["level 1"]}
-    return out
+def _mix_scores(index: ReferenceIndex, found, classifiers: list[ClassifierScores], truth: list, config: VoteConfig) -> dict:
+    votes = vote(index.categories[found.positions], found.sims, config, classifiers)
+    metrics = tag_metrics(votes.category, truth)
+    return {"full path": metrics["full path"], "top level": metrics["level 1"]}
+
+
+def _sources(index: ReferenceIndex, found, tagger: Tagger | None) -> tuple[dict[str, ClassifierScores], float | None]:
+    """The classifiers' scores for `found`, and the tagger's prediction throughput."""
+    model = index.category_model
+    sources = {"lexical": ClassifierScores(model.labels, model.probabilities(found.lexical_rows), source="lexical")}
+    per_s = None
+    if tagger is not None:
+        started = time.perf_counter()
+        probabilities = tagger.probabilities(found.texts)
+        per_s = len(found.texts) / (time.perf_counter() - started)
+        sources["tagger"] = ClassifierScores(tagger.labels, probabilities, tagger.min_level_score, source="tagger")
+    return sources, per_s
+
+
+def category_sources(index: ReferenceIndex, found, tagger: Tagger | None, truth: list) -> dict:
+    """Category quality from each source alone and mixed: the neighbours' vote, the TF-IDF category model, the tagger."""
+    sources, per_s = _sources(index, found, tagger)
+    lexical, tagged = sources["lexical"], sources.get("tagger")
+    only = VoteConfig(neighbour_weight=0.0)
+    mixes = {"neighbours' vote only": (VoteConfig(), []),
+             "TF-IDF category model only": (only, [lexical]),
+             "vote + TF-IDF category model (default weights)": (VoteConfig(), [lexical])}
+    if tagged is not None:
+        mixes |= {"tagger only": (only, [tagged]),
+                  "vote + tagger (0.3 / 0.7, the mix before the TF-IDF model)": (VoteConfig(neighbour_weight=0.3, tagger_weight=0.7), [tagged]),
+                  "all three (default weights)": (VoteConfig(), [lexical, tagged])}
+    out = {name: _mix_scores(index, found, classifiers, truth, config) for name, (config, classifiers) in mixes.items()}
+    return {"mixes": out, "prediction_listings_per_s": per_s}
+
+
+def weights_on_validation(reference: pl.DataFrame, tagger: Tagger, encoder: Encoder, folder: Path, step: float = 0.05) -> dict:
+    """The sources' weights as they were chosen: on the tagger's own validation split (listings it did not train
+    on), with the index and the TF-IDF model built from its training rows only. The held-out 20% plays no part."""
+    _, tagger_validation = training_data(folder / "reference.csv", AMAZON, FinetuneConfig())  # as train_tagger split it
+    is_validation = reference["id"].is_in(tagger_validation["id"].implode())
+    train, validation = reference.filter(~is_validation), reference.filter(is_validation)
+    build_index_from_frame(train, folder / "validation-index", "tagger's training rows", AMAZON, progress=False, encoder=encoder)
+    index = ReferenceIndex.load(folder / "validation-index", encoder)
+    found = find_evidence(validation, index, encoder, index.neighbors.config.candidates)
+    sources, _ = _sources(index, found, tagger)
+    truth = validation["category"].to_list()
+    grid = []
+    for lexical in np.arange(0, 1 + 1e-9, step):
+        for tagged in np.arange(0, 1 - lexical + 1e-9, step):
+            config = VoteConfig(neighbour_weight=round(1 - lexical - tagged, 2), lexical_weight=round(lexical, 2),
+                                tagger_weight=round(tagged, 2))
+            accuracy = _mix_scores(index, found, list(sources.values()), truth, config)["full path"]["accuracy"]
+            grid.append((round(accuracy, 4), config.neighbour_weight, config.lexical_weight, config.tagger_weight))
+    grid.sort(key=lambda row: -row[0])
+    default = VoteConfig()
+    at_default = _mix_scores(index, found, list(sources.values()), truth, default)["full path"]["accuracy"]
+    return {"rows": validation.height, "best": grid[:5], "default": (round(at_default, 4), default.neighbour_weight,
+                                                                       default.lexical_weight, default.tagger_weight)}
 
 
 def benchmark(catalog: Path, seed: int = 0, with_tagger: bool = True) -> dict:
@@ -178,8 +224,9 @@ def benchmark(catalog: Path, seed: int = 0, with_tagger: bool = True) -> dict:
         index = ReferenceIndex.load(folder / "index", encoder)
         found = find_evidence(held_out, index, encoder, index.neighbors.config.candidates)
         results["prior_steps"] = prior_ablation(index, found.evidence, held_out["engagement"].to_numpy())
+        results["category_sources"] = category_sources(index, found, tagger, held_out["category"].to_list())
         if tagger is not None:
-            results["fusion"] = fusion_sweep(index, found, tagger, held_out["category"].to_list())
+            results["weights_on_validation"] = weights_on_validation(reference, tagger, encoder, folder)
         results["encoder"] = encoder_speed(listing_texts(held_out), listing_texts(reference))
         results["run_2000"] = run_timing(catalog, folder)
     return results
@@ -202,8 +249,8 @@ def labelled_frame(path: Path) -> tuple[list[dict], pl.DataFrame, list[list[str]
 
 
 def predicted_categories(frame: pl.DataFrame, catalog: Path, encoder: Encoder) -> list[str | None]:
-    """What `enrich run` would predict for these listings without their category: the neighbours' vote over an
-    index of the catalog without them."""
+    """What `enrich run` would predict for these listings without their category (the neighbours' vote and the
+    TF-IDF category model, no tagger) from an index of the catalog without them."""
     reference = load_catalog(catalog, AMAZON, reference=True).filter(~pl.col("id").is_in(frame["id"].implode()))
     with tempfile.TemporaryDirectory() as scratch:
         build_index_from_frame(reference, Path(scratch) / "index", str(catalog), AMAZON, progress=False, encoder=encoder)
@@ -305,6 +352,11 @@ def llm_benchmark(labelled: Path = LABELLED, catalog: Path = DEFAULT_CATALOG, ho
                                ("baseline", TaxonomyConfig(category_weight=0.0, name_weight=0.0))):
             described = describe_frame(held, Describer(DescribeConfig(attributes=rules, taxonomy=taxonomy), encoder))
             results["holdout"][name] = taxonomy_scores(described["taxonomy_path"].to_list(), held_accepted)
+        if catalog.exists():  # as `enrich run --describe` does for a listing that comes without a category
+            unlabelled = held.with_columns(pl.lit(None, pl.String).alias("category"))
+            held_predicted = held.with_columns(pl.Series("category", predicted_categories(unlabelled, catalog, encoder)))
+            described = describe_frame(held_predicted, Describer(DescribeConfig(attributes=rules), encoder))
+            results["holdout"]["predicted category"] = taxonomy_scores(described["taxonomy_path"].to_list(), held_accepted)
     # Re-describing the same batch: the answers come from the cache.
     with tempfile.TemporaryDirectory() as scratch:
         describer = Describer(runs["model chooses both"][1], encoder)
@@ -341,8 +393,8 @@ def llm_markdown(r: dict) -> str:
     for name in ("taxonomy without the listing's category", "taxonomy with the predicted category"):
         if name in r:
             t = r[name]["taxonomy"]
-            note = (f" (the vote names the listing's own category for {r['predicted category accuracy']:.3f})"
-                    if "predicted" in name else "")
+            note = (f", the default of `enrich run --describe` (vote and TF-IDF model; they name the listing's own "
+                    f"Amazon category for {r['predicted category accuracy']:.3f})" if "predicted" in name else "")
             lines.append(f"| &nbsp;&nbsp;{name}{note}: depth 1 / 2 / 3 / full | {f(t['depth 1'])} / {f(t['depth 2'])} / "
                          f"{f(t['depth 3'])} / {f(t['full depth'])} | | | |")
     for source, check in r.get("retrieval weights", {}).items():
@@ -358,6 +410,10 @@ def llm_markdown(r: dict) -> str:
         lines.append(f"| Shopify taxonomy on {h['listings']} more listings labelled after the defaults were fixed "
                      f"(`{HOLDOUT.name}`): depth 1 / 2 / 3 / full | **{depths(h['default'])}** (without the name "
                      f"weight: {depths(h['category path, no name weight'])}) | | {depths(h['baseline'])} | >= 0.80 at depth 2 |")
+        if "predicted category" in h:
+            lines.append(f"| &nbsp;&nbsp;the same {h['listings']} with the category enrich predicts in place of the given one, the "
+                         f"default of `enrich run --describe`: depth 1 / 2 / 3 / full | **{depths(h['predicted category'])}** "
+                         "| | | >= 0.80 at depth 2 |")
     model = both["model"] or {}
     lines.append(f"| listings/s on this CPU ({model.get('model')}, {model.get('dtype')}; model load "
                  f"{both['load_seconds']:.1f} s) | {ours['listings_per_s']:.2f} | {both['listings_per_s']:.2f} | "
@@ -383,27 +439,28 @@ def to_markdown(r: dict) -> str:
     lines.append(f"| same-leaf precision@10 of neighbors | **{f(precision['enrich'])}** | "
                  f"TF-IDF {f(precision['TF-IDF nearest neighbours'])}; MiniLM {f(precision['MiniLM nearest neighbours'])} | >= 0.62 |")
     ours, lr = m["tags"]["enrich"], m["tags"]["TF-IDF + logistic regression"]
-    source = "tagger fused with the neighbour vote" if "finetune" in r else "neighbour vote"
+    source = "vote, TF-IDF model and tagger" if "finetune" in r else "vote and TF-IDF model"
     bars = (">= 0.80", ">= 0.90", ">= 0.80; macro reported") if "finetune" in r else ("report",) * 3
     for (level, label), bar in zip((("full path", "full path"), ("level 1", "top level")), bars):
         lines.append(f"| category accuracy, {label} ({source}) | {f(ours[level]['accuracy'])} | "
                      f"TF-IDF + LR {f(lr[level]['accuracy'])} | {bar} |")
     lines.append(f"| weighted / macro F1, full path | {f(ours['full path']['weighted_f1'])} / {f(ours['full path']['macro_f1'])} | "
                  f"TF-IDF + LR {f(lr['full path']['weighted_f1'])} / {f(lr['full path']['macro_f1'])} | {bars[2]} |")
+    lines.append(f"| category calibration error (ECE of category_score, held out) | {f(m['tags']['calibration_error_of_category_score'])} | | report |")
+    for name, row in r["category_sources"]["mixes"].items():
+        lines.append(f"| &nbsp;&nbsp;{name}: full-path acc / weighted F1 / macro F1; top level | "
+                     f"{f(row['full path']['accuracy'])} / {f(row['full path']['weighted_f1'])} / "
+                     f"{f(row['full path']['macro_f1'])}; {f(row['top level']['accuracy'])} | | |")
     if "finetune" in r:
-        ft, fusion = r["finetune"], r["fusion"]
-        lines.append(f"| category calibration error (ECE of category_score, held out) | {f(m['tags']['calibration_error_of_category_score'])} | | report |")
+        ft, chosen = r["finetune"], r["weights_on_validation"]
+        show = lambda row: f"{row[1]:g} / {row[2]:g} / {row[3]:g}: {f(row[0])}"
+        lines.append(f"| &nbsp;&nbsp;weights vote / TF-IDF / tagger on the tagger's validation split ({chosen['rows']} listings): "
+                     f"best; the defaults | {show(chosen['best'][0])}; {show(chosen['default'])} | | |")
         lines.append(f"| tagger validation ECE before / after temperature scaling | {f(ft['calibration_error_before'])} / "
                      f"{f(ft['calibration_error_after'])} (T = {ft['temperature']:.2f}) | | report |")
-        for weight, row in fusion.items():
-            if weight != "prediction_listings_per_s":
-                who = {"0": "vote only", "1": "tagger only"}.get(weight, f"tagger weight {weight}")
-                lines.append(f"| &nbsp;&nbsp;fusion, {who}: full-path acc / weighted F1 / macro F1; top level | "
-                             f"{f(row['full path']['accuracy'])} / {f(row['full path']['weighted_f1'])} / "
-                             f"{f(row['full path']['macro_f1'])}; {f(row['top level']['accuracy'])} | | |")
         lines.append(f"| fine-tuning on this CPU ({ft['settings']}) | {ft['seconds']:.0f} s, {ft['epochs_run']} epochs "
                      f"(best {ft['best_epoch']}), {ft['listings_per_s']:.0f} listings/s | | report |")
-        lines.append(f"| tagger prediction throughput | {fusion['prediction_listings_per_s']:.0f} listings/s | | report |")
+        lines.append(f"| tagger prediction throughput | {r['category_sources']['prediction_listings_per_s']:.0f} listings/s | | report |")
     e = r["encoder"]
     lines.append(f"| embedding throughput, {e['texts']} texts ({e['dtype']}), warm; first pass {e['speedup_first_pass']:.2f}x | "
                  f"{e['ours_per_s']:.0f}/s, **{e['speedup']:.2f}x** | sentence-transformers encode (fp32) {e['baseline_per_s']:.0f}/s | >= 3x |")

@@ -64,6 +64,9 @@ def _llm_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--taxonomy-name-weight", type=float, default=TaxonomyConfig.name_weight, metavar="W",
                        help="weight of a taxonomy category's own name beside its full path in its vector; "
                        "0: the path alone (default %(default)s)")
+    group.add_argument("--taxonomy-bridge", choices=["predicted", "given"], default=TaxonomyConfig.bridge,
+                       help="`run` only: for a listing that comes with a category, the taxonomy query reads the category "
+                       "enrich predicts (default) or the given one")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the LLM answer cache")
 
 
@@ -76,7 +79,7 @@ def _describer(args: argparse.Namespace, encoder):
         llm=LLMConfig.from_env(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url),
         attributes=AttributeConfig(ask_model=args.attributes_by == "model"),
         taxonomy=TaxonomyConfig(choose=args.taxonomy_by, category_weight=args.taxonomy_category_weight,
-                                name_weight=args.taxonomy_name_weight),
+                                name_weight=args.taxonomy_name_weight, bridge=args.taxonomy_bridge),
         taxonomy_source=args.taxonomy or "",
         use_cache=not args.no_cache)
     return Describer(config, encoder)

@@ -8,8 +8,9 @@ import numpy as np
 import polars as pl
 
 from enrich.catalog import CatalogError, Columns, load_catalog
-from enrich.pipeline import EnrichConfig, ReferenceIndex, encoder_for, find_evidence
+from enrich.pipeline import EnrichConfig, ReferenceIndex, classifier_scores, encoder_for, find_evidence, recorded_tagger
 from enrich.prior import FEATURES
+from enrich.tagger import Tagger
 from enrich.tags import category_shares, vote
 
 
@@ -27,11 +28,21 @@ def explain(listing_id: str, new_path: str | Path, index_dir: str | Path, column
     index = ReferenceIndex.load(index_dir, encoder)
     found = find_evidence(rows.head(1), index, encoder, index.neighbors.config.candidates)
     positions, sims = found.positions[0], found.sims[0]
-    votes = vote(index.categories[positions][None, :], sims[None, :], config.vote)
+    tagger_dir = recorded_tagger(index)
+    classifiers = classifier_scores(found, index, Tagger.load(tagger_dir) if tagger_dir else None)
+    votes = vote(index.categories[positions][None, :], sims[None, :], config.vote, classifiers, [listing["category"]])
     shares = category_shares(index.categories[positions], sims, config.vote.temperature)
 
-    lines += ["", f"category: {votes.category[0]} (score {votes.category_score[0] or 0:.2f}); alternatives by vote share:"]
-    lines += [f"  {share:6.1%}  {path}" for path, share in list(shares.items())[:alternatives]]
+    given = " (given with the listing, kept)" if listing["category"] else ""
+    lines += ["", f"category: {votes.category[0]} (score {votes.category_score[0] or 0:.2f}){given}; what each source says,"
+              " mixed in proportion to its weight:"]
+    lines += [f"  neighbours' vote (weight {config.vote.neighbour_weight:g}):"]
+    lines += [f"    {share:6.1%}  {path}" for path, share in list(shares.items())[:alternatives]]
+    for classifier in classifiers:
+        name = "TF-IDF category model" if classifier.source == "lexical" else "fine-tuned tagger"
+        lines += [f"  {name} (weight {config.vote.weight(classifier.source):g}):"]
+        probabilities = classifier.probabilities[0]
+        lines += [f"    {probabilities[j]:6.1%}  {classifier.labels[j]}" for j in np.argsort(-probabilities)[:alternatives]]
 
     reference = index.reference
     lines += ["", "neighbours (in output order): cosine, engagement, category, title"]

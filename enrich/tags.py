@@ -1,7 +1,8 @@
-"""Category and tags from a similarity-weighted vote of the neighbours, and vote-aware neighbour order.
+"""Category and tags from the neighbours' vote and the classifiers, and category-aware neighbour order.
 
-Until the fine-tuned classifier exists, a listing's category is the path its nearest reference listings
-agree on. The same vote re-orders the neighbours: among equally similar listings, those in the voted
+A listing's category distribution mixes up to three sources: the similarity-weighted vote of its nearest
+reference listings, the index's TF-IDF classifier (`category_model`), and a fine-tuned tagger when there
+is one. The same distribution re-orders the neighbours: among equally similar listings, those in the likely
 category come first, which is what a ranker wants from "similar popular listings".
 """
 
@@ -22,8 +23,15 @@ class VoteConfig:
     temperature: float = 0.05  # weight exp((s - s_best) / T): a neighbour 0.05 less similar counts e^-1 as much
     rerank_weight: float = 1.0  # neighbour order key: cosine + rerank_weight * vote share of its category
     top_k: int = 10  # neighbours written per listing
-    classifier_weight: float = 0.7  # with a fine-tuned tagger: its share in the fused category distribution
-    classifier_top: int = 20  # the tagger's most probable paths that join the fusion (the rest carry ~0)
+    # Relative weights of the category's sources; those present are mixed in proportion (without a tagger:
+    # vote 0.25, TF-IDF model 0.75). Chosen on the tagger's validation split (`make bench`), not on the test.
+    neighbour_weight: float = 0.15
+    lexical_weight: float = 0.45
+    tagger_weight: float = 0.4
+    classifier_top: int = 20  # a classifier's most probable paths that join the mix (the rest carry ~0)
+
+    def weight(self, source: str) -> float:
+        return {"neighbours": self.neighbour_weight, "lexical": self.lexical_weight, "tagger": self.tagger_weight}[source]
 
 
 @dataclass
@@ -54,19 +62,20 @@ def category_shares(categories: np.ndarray, sims: np.ndarray, temperature: float
 
 @dataclass
 class ClassifierScores:
-    """A fine-tuned tagger's calibrated path probabilities for the same listings."""
+    """A classifier's path probabilities for the same listings: the index's TF-IDF one or a fine-tuned tagger."""
 
     labels: list[str]
     probabilities: np.ndarray  # (n, labels)
     min_level_score: float = 0.0  # levels scored below this are left off the tags
+    source: str = "tagger"  # or "lexical": names its weight in VoteConfig
 
 
 def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig = VoteConfig(),
-         classifier: ClassifierScores | None = None, given: list[str | None] | None = None) -> Votes:
+         classifiers: list[ClassifierScores] = (), given: list[str | None] | None = None) -> Votes:
     """`candidate_categories[i, j]`: category path of listing i's j-th candidate (None if unknown).
 
-    With `classifier`, the category distribution is `classifier_weight` x the tagger's probabilities plus
-    the rest x the neighbours' vote, and it both names the category and re-orders the neighbours.
+    With `classifiers`, the category distribution mixes their probabilities with the neighbours' vote (the
+    weights in `config`), and it both names the category and re-orders the neighbours.
     `given[i]`: the category listing i came with, if any. The merchant's own word is kept, not second-guessed:
     it is the category (score 1.0), its levels are the tags, and it re-orders the neighbours.
     """
@@ -77,14 +86,14 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
         result.category, result.category_score = [None] * n, [None] * n
         result.tags, result.tag_scores = [[] for _ in range(n)], [[] for _ in range(n)]
         return result
-    min_level_score = classifier.min_level_score if classifier else 0.0
+    min_level_score = max((c.min_level_score for c in classifiers), default=0.0)
     for i in range(n):
         if given is not None and given[i]:
             shares = {given[i]: 1.0}
         else:
             shares = category_shares(candidate_categories[i], sims[i], config.temperature)
-            if classifier is not None:
-                shares = _fuse(shares, classifier, i, config)
+            if classifiers:
+                shares = _fuse(shares, classifiers, i, config)
         share_of = np.array([shares.get(path, 0.0) if path else 0.0 for path in candidate_categories[i]])
         result.order[i] = np.argsort(-(sims[i] + config.rerank_weight * share_of), kind="stable")[:top_k]
         if not shares:
@@ -110,12 +119,13 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
     return result
 
 
-def _fuse(shares: dict[str, float], classifier: ClassifierScores, row: int, config: VoteConfig) -> dict[str, float]:
-    probabilities = classifier.probabilities[row]
+def _fuse(shares: dict[str, float], classifiers: list[ClassifierScores], row: int, config: VoteConfig) -> dict[str, float]:
     fused: dict[str, float] = defaultdict(float)
     for path, share in shares.items():
-        fused[path] += (1 - config.classifier_weight) * share
-    for j in np.argsort(-probabilities)[: config.classifier_top]:
-        fused[classifier.labels[j]] += config.classifier_weight * float(probabilities[j])
-    total = sum(fused.values())  # < 1 where the neighbours have no category or the tagger's tail was cut
+        fused[path] += config.neighbour_weight * share
+    for classifier in classifiers:
+        probabilities, weight = classifier.probabilities[row], config.weight(classifier.source)
+        for j in np.argsort(-probabilities)[: config.classifier_top]:
+            fused[classifier.labels[j]] += weight * float(probabilities[j])
+    total = sum(fused.values())  # renormalised: a source may be missing (no neighbour category) or cut (the top paths)
     return {path: value / total for path, value in fused.items()}

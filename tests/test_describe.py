@@ -210,6 +210,33 @@ def test_run_marks_rows_whose_llm_answers_were_refused_partial_and_keeps_the_res
     assert summary.ok == 3 and summary.partial == 3 and "3 of the 3 enriched partly" in "\n".join(summary.lines("enriched"))
 
 
+def test_run_bridges_to_the_taxonomy_through_the_predicted_category_unless_told_to_use_the_given_one(
+        tmp_path, sample, sample_columns, sample_index, encoder, small_taxonomy, llm_cache):
+    from enrich.catalog import load_catalog
+    from enrich.describe import describe_frame
+    from enrich.pipeline import enrich
+
+    rules = AttributeConfig(ask_model=False)
+    new = pl.read_csv(sample["new"]).head(6)
+    new.write_csv(tmp_path / "bare.csv")
+    misleading = "Party Supplies > Balloons"  # a merchant's category that says nothing of what these are
+    new.with_columns(pl.lit(misleading).alias("amazon_category_and_sub_category")).write_csv(tmp_path / "given.csv")
+    paths = {}
+    for name, bridge, source in (("predicted", "predicted", "given"), ("given", "given", "given"), ("bare", "predicted", "bare")):
+        describer = _describer(encoder, None, small_taxonomy, attributes=rules,
+                               taxonomy=TaxonomyConfig(choose="nearest", bridge=bridge))
+        enrich(tmp_path / f"{source}.csv", tmp_path / f"{name}.parquet", index_dir=sample_index[0], columns=sample_columns,
+               progress=False, describer=describer, encoder=encoder)
+        out = pl.read_parquet(tmp_path / f"{name}.parquet")
+        paths[name] = out["taxonomy_path"].to_list()
+        if source == "given":
+            assert out["category"].to_list() == [misleading] * 6  # the merchant's category is kept in the output
+    assert paths["predicted"] == paths["bare"]  # as if the listing had come without a category
+    steered = describe_frame(load_catalog(tmp_path / "given.csv", sample_columns), _describer(
+        encoder, None, small_taxonomy, attributes=rules, taxonomy=TaxonomyConfig(choose="nearest")))["taxonomy_path"]
+    assert paths["given"] == steered.to_list() and paths["given"] != paths["predicted"]
+
+
 def test_a_listings_category_path_steers_the_taxonomy_query(encoder, small_taxonomy):
     from enrich.taxonomy import category_vectors, with_category
 

@@ -55,7 +55,8 @@ def test_explain_names_neighbours_and_the_prior_parts(sample_index, sample, caps
     assert main(["explain", new_id, "--input", str(sample["new"]), "--index", str(folder), "--columns", str(sample["columns"])]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"listing {new_id} (row 2): ")
-    assert "alternatives by vote share" in text and "neighbours (in output order)" in text
+    assert "neighbours' vote (weight 0.15)" in text and "TF-IDF category model (weight 0.45)" in text
+    assert "neighbours (in output order)" in text
     assert "text_model" in text and "brand_eb" in text and "80% interval" in text
     assert main(["explain", "no-such-id", "--input", str(sample["new"]), "--index", str(folder),
                  "--columns", str(sample["columns"])]) == 2

@@ -19,6 +19,9 @@ def test_index_then_run_writes_the_output_contract(sample_index, sample, tmp_pat
     assert summary.ok == 1000 and summary.rows == 1000
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["counts"]["indexed"] == 1000 and manifest["encoder"]["model_name"] == "all-MiniLM-L6-v2"
+    reference_categories = pl.read_csv(sample["reference"], infer_schema=False)["amazon_category_and_sub_category"].drop_nulls()
+    assert manifest["category_model"]["fit_rows"] == reference_categories.len()
+    assert manifest["category_model"]["categories"] == reference_categories.n_unique()
     code, err = run_cli(capsys, "run", sample["new"], "--index", folder, "--out", tmp_path / "out.parquet",
                         "--columns", sample["columns"], "--quiet")
     assert code == 0, err
@@ -206,6 +209,7 @@ def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tm
     reference = pl.read_csv(sample["reference"], infer_schema=False)
     reference.head(40).write_csv(tmp_path / "before.csv")
     build_index(tmp_path / "before.csv", tmp_path / "index", sample_columns, progress=False, encoder=encoder)
+    labels_at_build = ReferenceIndex.load(tmp_path / "index", encoder).category_model.labels
     delisted = reference.slice(35, 5)["uniq_id"].to_list()
     after = pl.concat([reference.head(35), reference.slice(40, 10)]).with_columns(
         pl.when(pl.int_range(pl.len()) == 3).then(pl.col("product_name") + " (2026 edition)").otherwise(pl.col("product_name"))
@@ -219,6 +223,7 @@ def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tm
     assert "unchanged listings kept without re-embedding: 34" in err
 
     index = ReferenceIndex.load(tmp_path / "index", encoder)
+    assert index.category_model.labels == labels_at_build  # kept as fitted at the build, like the prior
     assert index.reference.height == 51 and int(index.reference["deleted"].sum()) == 6 and len(index.neighbors) == 45
     assert index.manifest["updates"][-1] | {"seconds": 0, "at": "", "source": ""} == {
         "added": 11, "deleted": 6, "refreshed": 34, "seconds": 0, "at": "", "source": ""}
