@@ -273,11 +273,14 @@ def test_labelled_benchmark_set_is_complete():
         assert row["taxonomy"] and all(t["id"] in ids for t in row["taxonomy"])
         assert row["category"]  # the listing's Amazon category path, as a merchant's catalog gives it
     assert NOT_STATED not in json.dumps([r["attributes"] for r in rows])
-    holdout = [json.loads(line) for line in LABELLED.with_name("labelled_taxonomy_holdout.jsonl").read_text().splitlines()]
-    assert len(holdout) >= 100 and not {r["id"] for r in holdout} & {r["id"] for r in rows}
-    for row in holdout:
-        assert row["title"] and row["category"] and row["taxonomy"]
-        assert all(t["id"] in ids and t["path"] == taxonomy.paths[taxonomy.ids.index(t["id"])] for t in row["taxonomy"])
+    seen = {r["id"] for r in rows}
+    for name, size in (("labelled_taxonomy_holdout.jsonl", 100), ("labelled_taxonomy_confirm.jsonl", 50)):
+        more = [json.loads(line) for line in LABELLED.with_name(name).read_text().splitlines()]
+        assert len(more) >= size and len({r["id"] for r in more}) == len(more) and not {r["id"] for r in more} & seen
+        seen |= {r["id"] for r in more}
+        for row in more:
+            assert row["title"] and row["category"] and row["taxonomy"]
+            assert all(t["id"] in ids and t["path"] == taxonomy.paths[taxonomy.ids.index(t["id"])] for t in row["taxonomy"])
 
 
 def test_a_categorys_vector_weighs_its_own_name_beside_its_path(encoder, small_taxonomy, tmp_path):
