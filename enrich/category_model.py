@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from enrich.prior import fit_sample
 from enrich.tagger import softmax
 
-FILES = ("category_model.json", "category_model_coef.npy", "category_model_intercept.npy")
+FILES = ("category_model.json", "category_model_coef.npy", "category_model_intercept.npy", "category_model_columns.npy")
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,18 @@ class CategoryModelConfig:
     inverse_regularisation: float = 10.0  # sklearn's C; as the TF-IDF + LR baseline
     passes: int = 30  # saga passes over the data: as accurate as lbfgs to convergence here, 10x faster
     fit_rows: int = 50_000  # listings drawn at random to fit on: the cost grows with rows x categories
+    # The vocabulary's terms the model reads: those in most fitted listings. The coefficients are categories x
+    # terms floats, so a large catalog's 200,000-term vocabulary and 1,000 categories would take 800 MB.
+    max_terms: int = 50_000
     seed: int = 0
 
 
 class CategoryModel:
     """Category path probabilities from a listing's TF-IDF row (the index's `Lexical` vocabulary)."""
 
-    def __init__(self, labels: list[str], coef: np.ndarray, intercept: np.ndarray, info: dict):
+    def __init__(self, labels: list[str], coef: np.ndarray, intercept: np.ndarray, columns: np.ndarray, info: dict):
         self.labels, self.coef, self.intercept, self.info = labels, coef, intercept, info
+        self.columns = columns  # the vocabulary's term index behind each coefficient column
 
     @classmethod
     def fit(cls, lexical_rows: sp.csr_matrix, categories: list[str | None],
@@ -50,28 +54,33 @@ class CategoryModel:
         if len({categories[i] for i in known}) < 2:
             return None
         rows = known[fit_sample(len(known), config.fit_rows, config.seed)]
+        fitted = lexical_rows[rows]
+        document_counts = np.bincount(fitted.indices, minlength=fitted.shape[1])
+        columns = np.sort(np.argsort(-document_counts, kind="stable")[: config.max_terms])
+        columns = columns[document_counts[columns] > 0].astype(np.int32)
         model = LogisticRegression(solver="saga", C=config.inverse_regularisation, max_iter=config.passes,
                                    random_state=config.seed)
         with warnings.catch_warnings():  # saga stops after `passes` on purpose: more did not change the accuracy
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.filterwarnings("ignore", message="The number of unique classes")  # small catalogs: still usable
-            model.fit(lexical_rows[rows], np.array([categories[i] for i in rows], dtype=object))
+            model.fit(fitted[:, columns], np.array([categories[i] for i in rows], dtype=object))
         coef = model.coef_.astype(np.float32)
         intercept = model.intercept_.astype(np.float32)
         if len(model.classes_) == 2:  # sklearn keeps one row for a binary problem: the second class's logit
             coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept]).astype(np.float32)
         info = {"config": asdict(config), "fit_rows": int(len(rows)), "categories": len(model.classes_),
-                "seconds": round(time.perf_counter() - started, 2)}
-        return cls([str(c) for c in model.classes_], coef, intercept, info)
+                "terms": int(len(columns)), "seconds": round(time.perf_counter() - started, 2)}
+        return cls([str(c) for c in model.classes_], coef, intercept, columns, info)
 
     def probabilities(self, lexical_rows: sp.csr_matrix) -> np.ndarray:
         """(n, labels), rows summing to 1."""
-        return softmax(np.asarray(lexical_rows @ self.coef.T) + self.intercept)
+        return softmax(np.asarray(lexical_rows[:, self.columns] @ self.coef.T) + self.intercept)
 
     def save(self, folder: Path) -> None:
         (folder / FILES[0]).write_text(json.dumps({"labels": self.labels, **self.info}))
         np.save(folder / FILES[1], self.coef)
         np.save(folder / FILES[2], self.intercept)
+        np.save(folder / FILES[3], self.columns)
 
     @classmethod
     def load(cls, folder: Path) -> "CategoryModel":
@@ -79,4 +88,5 @@ class CategoryModel:
         labels = saved.pop("labels")
         coef = np.load(folder / FILES[1], allow_pickle=False)
         intercept = np.load(folder / FILES[2], allow_pickle=False)
-        return cls(labels, coef, intercept, saved)
+        columns = np.load(folder / FILES[3], allow_pickle=False)
+        return cls(labels, coef, intercept, columns, saved)

@@ -360,8 +360,8 @@ def update_index(
     (`resize_index`, `add_items`); delisted ones, and the old versions of changed ones, are marked deleted
     (`mark_deleted`) and kept in the id map with `deleted = true`, so labels never move. Unchanged
     listings only get their engagement and category refreshed. The prior, the TF-IDF vocabulary and the
-    category model stay as fitted at the last full build (the manifest says how much has been added since): rebuild now and
-    then to refit them.
+    category model stay as fitted at the last full build (the manifest says how much has been added since):
+    rebuild now and then to refit them.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)

@@ -59,7 +59,7 @@ def test_a_given_category_is_kept_and_reorders_the_neighbours():
 def test_the_category_model_learns_words_and_round_trips(tmp_path):
     import scipy.sparse as sp
 
-    from enrich.category_model import CategoryModel
+    from enrich.category_model import CategoryModel, CategoryModelConfig
     from enrich.lexical import Lexical
 
     texts = [f"{word} {n}" for n in range(20) for word in ("wooden train engine", "racing car kit")]
@@ -73,3 +73,5 @@ def test_the_category_model_learns_words_and_round_trips(tmp_path):
     model.save(tmp_path)
     assert np.allclose(CategoryModel.load(tmp_path).probabilities(lexical.transform(["a train engine"])), p[:1])
     assert CategoryModel.fit(sp.csr_matrix(np.eye(3)), ["Toys", None, "Toys"]) is None  # one category: nothing to learn
+    few_terms = CategoryModel.fit(lexical.transform(texts), categories, CategoryModelConfig(max_terms=2))
+    assert len(few_terms.columns) == 2 and few_terms.coef.shape == (2, 2)  # the two most frequent terms only
