@@ -29,7 +29,8 @@ from enrich.embed import Encoder, EncoderConfig, cpu_has_native_bf16, packaged_m
 from enrich.evaluate import EvalConfig, evaluate, split_catalog, tag_metrics
 from enrich.neighbors import exact_search, recall_at_k
 from enrich.pipeline import (
-    ReferenceIndex, build_index, build_index_from_frame, enrich_frame, find_evidence, reference_evidence,
+    ReferenceIndex, build_index, build_index_from_frame, classifier_scores, enrich_frame, find_evidence,
+    reference_evidence,
 )
 from enrich.finetune import FinetuneConfig, finetune, training_data
 from enrich.prior import FEATURES, Evidence, cross_fitted_text_model
@@ -149,15 +150,11 @@ def _mix_scores(index: ReferenceIndex, found, classifiers: list[ClassifierScores
 
 
 def _sources(index: ReferenceIndex, found, tagger: Tagger | None) -> tuple[dict[str, ClassifierScores], float | None]:
-    """The classifiers' scores for `found`, and the tagger's prediction throughput."""
-    model = index.category_model
-    sources = {"lexical": ClassifierScores(model.labels, model.probabilities(found.lexical_rows), source="lexical")}
-    per_s = None
-    if tagger is not None:
-        started = time.perf_counter()
-        probabilities = tagger.probabilities(found.texts)
-        per_s = len(found.texts) / (time.perf_counter() - started)
-        sources["tagger"] = ClassifierScores(tagger.labels, probabilities, tagger.min_level_score, source="tagger")
+    """The classifiers' scores for `found` by source, as `enrich run` computes them, and the tagger's prediction
+    throughput (timed with the TF-IDF model's, which takes milliseconds of it)."""
+    started = time.perf_counter()
+    sources = {c.source: c for c in classifier_scores(found, index, tagger)}
+    per_s = len(found.texts) / (time.perf_counter() - started) if tagger is not None else None
     return sources, per_s
 
 
@@ -255,10 +252,11 @@ def predicted_categories(frame: pl.DataFrame, catalog: Path, encoder: Encoder) -
     """What `enrich run` would predict for these listings without their category (the neighbours' vote and the
     TF-IDF category model, no tagger) from an index of the catalog without them."""
     reference = load_catalog(catalog, AMAZON, reference=True).filter(~pl.col("id").is_in(frame["id"].implode()))
+    unlabelled = frame.with_columns(pl.lit(None, pl.String).alias("category"))
     with tempfile.TemporaryDirectory() as scratch:
         build_index_from_frame(reference, Path(scratch) / "index", str(catalog), AMAZON, progress=False, encoder=encoder)
         index = ReferenceIndex.load(Path(scratch) / "index", encoder)
-        return enrich_frame(frame, index, encoder)["category"].to_list()
+        return enrich_frame(unlabelled, index, encoder)["category"].to_list()
 
 
 def retrieval_weight_check(frame: pl.DataFrame, categories: dict[str, list[str | None]], accepted: list[list[str]],
@@ -301,16 +299,21 @@ def retrieval_weight_check(frame: pl.DataFrame, categories: dict[str, list[str |
     return out
 
 
-def _taxonomy_with_predicted_category(listings: pl.DataFrame, accepted: list[list[str]], catalog: Path, encoder: Encoder) -> dict:
-    """Taxonomy accuracy as `enrich run --describe` maps listings by default: through the category it predicts."""
+def _taxonomy(listings: pl.DataFrame, accepted: list[list[str]], encoder: Encoder, taxonomy=None) -> dict:
+    """Taxonomy accuracy of the nearest category (no model asked) for listings with their own `category` column."""
     from enrich.attributes import AttributeConfig
     from enrich.describe import DescribeConfig, Describer, describe_frame
     from enrich.evaluate import taxonomy_scores
+    from enrich.taxonomy import TaxonomyConfig
 
-    unlabelled = listings.with_columns(pl.lit(None, pl.String).alias("category"))
-    predicted = listings.with_columns(pl.Series("category", predicted_categories(unlabelled, catalog, encoder)))
-    described = describe_frame(predicted, Describer(DescribeConfig(attributes=AttributeConfig(ask_model=False)), encoder))
-    return taxonomy_scores(described["taxonomy_path"].to_list(), accepted)
+    config = DescribeConfig(attributes=AttributeConfig(ask_model=False), taxonomy=taxonomy or TaxonomyConfig())
+    return taxonomy_scores(describe_frame(listings, Describer(config, encoder))["taxonomy_path"].to_list(), accepted)
+
+
+def _taxonomy_with_predicted_category(listings: pl.DataFrame, accepted: list[list[str]], catalog: Path, encoder: Encoder) -> dict:
+    """Taxonomy accuracy as `enrich run --describe` maps listings by default: through the category it predicts."""
+    predicted = listings.with_columns(pl.Series("category", predicted_categories(listings, catalog, encoder)))
+    return _taxonomy(predicted, accepted, encoder)
 
 
 def llm_benchmark(labelled: Path = LABELLED, catalog: Path = DEFAULT_CATALOG, holdout: Path = HOLDOUT) -> dict:
@@ -365,15 +368,13 @@ def llm_benchmark(labelled: Path = LABELLED, catalog: Path = DEFAULT_CATALOG, ho
         for name, taxonomy in (("default", TaxonomyConfig()),
                                ("category path, no name weight", TaxonomyConfig(name_weight=0.0)),
                                ("baseline", TaxonomyConfig(category_weight=0.0, name_weight=0.0))):
-            described = describe_frame(held, Describer(DescribeConfig(attributes=rules, taxonomy=taxonomy), encoder))
-            results["holdout"][name] = taxonomy_scores(described["taxonomy_path"].to_list(), held_accepted)
+            results["holdout"][name] = _taxonomy(held, held_accepted, encoder, taxonomy)
         if catalog.exists():
             results["holdout"]["predicted category"] = _taxonomy_with_predicted_category(held, held_accepted, catalog, encoder)
     if CONFIRM.exists() and catalog.exists():
         _, confirm, confirm_accepted = labelled_frame(CONFIRM)
-        described = describe_frame(confirm, Describer(DescribeConfig(attributes=rules), encoder))
         results["confirm"] = {"listings": confirm.height,
-                              "given category": taxonomy_scores(described["taxonomy_path"].to_list(), confirm_accepted),
+                              "given category": _taxonomy(confirm, confirm_accepted, encoder),
                               "predicted category": _taxonomy_with_predicted_category(confirm, confirm_accepted, catalog, encoder)}
     # Re-describing the same batch: the answers come from the cache.
     with tempfile.TemporaryDirectory() as scratch:

@@ -562,12 +562,12 @@ def _text_chunks(listings: pl.DataFrame):
 
 
 def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig = EnrichConfig(),
-                 progress: bool = False, tagger: Tagger | None = None, vectors: np.ndarray | None = None) -> pl.DataFrame:
+                 progress: bool = False, tagger: Tagger | None = None, found: Found | None = None) -> pl.DataFrame:
     """The output table for a standard catalog frame: one row per input row, in input order.
 
     The category mixes the neighbours' vote, the index's TF-IDF category model and, when given, a fine-tuned
     `tagger` (see tags.vote). A listing that comes with a category keeps it, and no classifier reads it.
-    `vectors`: the usable rows' embeddings, when the caller already has them.
+    `found`: the usable rows' evidence (`find_evidence`), when the caller already has it.
     """
     ok_mask = (frame["status"] == "ok").to_numpy()
     ok = frame.filter(pl.Series(ok_mask))
@@ -575,10 +575,12 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
         return frame.select("id", "status", "notes").with_columns(
             pl.lit(None).alias(c) for c in OUTPUT_SCHEMA if c not in ("id", "status", "notes")
         ).select(list(OUTPUT_SCHEMA)).cast(OUTPUT_SCHEMA)
-    found = find_evidence(ok, index, encoder, config.index.candidates, progress, vectors)
+    if found is None:
+        found = find_evidence(ok, index, encoder, config.index.candidates, progress)
     positions, sims = found.positions, found.sims
     given = ok["category"].to_list()
-    votes = vote(index.categories[positions], sims, config.vote, classifier_scores(found, index, tagger, given), given)
+    classifiers = classifier_scores(found, index, tagger, rows=np.flatnonzero([not c for c in given]))
+    votes = vote(index.categories[positions], sims, config.vote, classifiers, given)
     estimate = index.prior.predict(found.evidence)
     chosen = np.take_along_axis(positions, votes.order, 1)
     chosen_sims = np.take_along_axis(sims, votes.order, 1)
@@ -599,25 +601,33 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
 
 
 def classifier_scores(found: Found, index: ReferenceIndex, tagger: Tagger | None,
-                      given: list[str | None] | None = None) -> list[ClassifierScores]:
-    """The classifiers' probabilities for the listings without a `given` category (zero rows for the rest)."""
-    todo = np.flatnonzero([not c for c in given]) if given is not None else np.arange(len(found.texts))
+                      rows: np.ndarray | None = None) -> list[ClassifierScores]:
+    """The classifiers' probabilities for `rows` of `found` (default all), zero rows for the rest: a listing that
+    came with a category is not read by them."""
+    rows = np.arange(len(found.texts)) if rows is None else rows
 
-    def for_todo(labels: list[str], predict) -> np.ndarray:
+    def for_rows(labels: list[str], predict) -> np.ndarray:
         probabilities = np.zeros((len(found.texts), len(labels)), np.float32)
-        if len(todo):
-            probabilities[todo] = predict(todo)
+        if len(rows):
+            probabilities[rows] = predict(rows)
         return probabilities
 
     out = []
     model = index.category_model
     if model is not None:
-        out.append(ClassifierScores(model.labels, for_todo(model.labels, lambda rows: model.probabilities(found.lexical_rows[rows])),
+        out.append(ClassifierScores(model.labels, for_rows(model.labels, lambda rows: model.probabilities(found.lexical_rows[rows])),
                                     source="lexical"))
     if tagger is not None:
-        out.append(ClassifierScores(tagger.labels, for_todo(tagger.labels, lambda rows: tagger.probabilities([found.texts[i] for i in rows])),
+        out.append(ClassifierScores(tagger.labels, for_rows(tagger.labels, lambda rows: tagger.probabilities([found.texts[i] for i in rows])),
                                     tagger.min_level_score, source="tagger"))
     return out
+
+
+def predict_categories(found: Found, index: ReferenceIndex, tagger: Tagger | None, config: VoteConfig,
+                       rows: np.ndarray) -> list[str | None]:
+    """The category the vote and the classifiers name for `rows` of `found`, whatever the listings came with."""
+    classifiers = [replace(c, probabilities=c.probabilities[rows]) for c in classifier_scores(found, index, tagger, rows)]
+    return vote(index.categories[found.positions[rows]], found.sims[rows], config, classifiers).category
 
 
 def add_description(enriched: pl.DataFrame, described: pl.DataFrame) -> pl.DataFrame:
@@ -647,16 +657,15 @@ def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, co
     vectors = None
     if describer.encoder is encoder:  # one embedding serves the neighbours and the taxonomy
         vectors = encoder.encode(listing_texts(ok))
-    enriched = enrich_frame(chunk, index, encoder, config, False, tagger, vectors)
+    found = find_evidence(ok, index, encoder, config.index.candidates, vectors=vectors) if ok.height else None
+    enriched = enrich_frame(chunk, index, encoder, config, False, tagger, found)
     # The taxonomy query reads each listing's category: the one just predicted, or the one it came with where
     # the describer's `bridge` says "given" (see TaxonomyConfig.bridge).
     categories = enriched["category"].filter(usable).to_list()
-    came_with = ok["category"].is_not_null().to_numpy()
-    if describer.config.taxonomy.bridge == "predicted" and came_with.any():
-        unlabelled = ok.filter(pl.Series(came_with)).with_columns(pl.lit(None, pl.String).alias("category"))
-        predicted = iter(enrich_frame(unlabelled, index, encoder, config, False, tagger,
-                                      None if vectors is None else vectors[came_with])["category"].to_list())
-        categories = [next(predicted) if given else category for category, given in zip(categories, came_with)]
+    came_with = np.flatnonzero(ok["category"].is_not_null().to_numpy())
+    if describer.config.taxonomy.bridge == "predicted" and len(came_with):
+        for row, predicted in zip(came_with, predict_categories(found, index, tagger, config.vote, came_with)):
+            categories[row] = predicted
     return add_description(enriched, describe_frame(chunk, describer, vectors=vectors, categories=categories))
 
 
