@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             written = write_report(evaluation, args.out)
             lines = [f"report written to {', '.join(str(p) for p in written)}"]
         elif args.command == "finetune":
+            from accelerate import PartialState
+
             from enrich.finetune import config_from, finetune
 
             metrics = finetune(args.catalog, args.out, columns, config_from(args), progress=progress)
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                      f" best {metrics['best_epoch']}): validation accuracy {metrics['validation_accuracy']:.3f},"
                      f" calibration error {metrics['calibration_error_before']:.3f} -> {metrics['calibration_error_after']:.3f}",
                      f"model written to {args.out}"]
+            if not PartialState().is_main_process:  # under `accelerate launch` every process returns; one summary
+                lines = []
         elif args.command == "attributes":
             from enrich.catalog import CleaningConfig, load_catalog
             from enrich.describe import describe_catalog

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -209,8 +208,9 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
             (checkpoints / STATE_FILE).write_text(json.dumps(state, indent=1))
         accelerator.wait_for_everyone()
 
-    if not accelerator.is_main_process:
-        return state
+    # Every process scores the best epoch on its shard of the validation split (the gather needs them all);
+    # the main process writes the tagger. `best` stays, so running again on a finished folder writes it again.
+    accelerator.wait_for_everyone()
     best = AutoModelForSequenceClassification.from_pretrained(checkpoints / "best").to(accelerator.device)
     val_logits, val_labels = _predict(best, validation_loader, accelerator)
     temperature = fit_temperature(val_logits, val_labels)
@@ -230,8 +230,9 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
             "temperature": temperature, "min_level_score": config.min_level_score, "metrics": metrics,
             "label_counts": {label: int(count_of.get(label, 0)) for label in labels},
             "mixed_precision": accelerator.mixed_precision, "source": str(catalog), "columns": asdict(columns)}
-    Tagger(best.cpu(), tokenizer, info).save(out_dir)
-    shutil.rmtree(checkpoints / "best", ignore_errors=True)
+    if accelerator.is_main_process:
+        Tagger(best.cpu(), tokenizer, info).save(out_dir)
+    accelerator.wait_for_everyone()
     return metrics
 
 

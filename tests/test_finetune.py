@@ -1,11 +1,16 @@
 """Fine-tuning with a tiny randomly initialised BERT (hidden 32, 2 layers): fast, and no big weights."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import polars as pl
 import pytest
 from safetensors.numpy import load_file
 
-from enrich.finetune import FinetuneConfig, finetune
+from enrich.finetune import FinetuneConfig, finetune, training_data
 from enrich.tagger import Tagger
 
 
@@ -66,3 +71,28 @@ def test_resuming_with_another_config_is_refused(tiny_bert, small_catalog, sampl
     finetune(small_catalog, tmp_path / "m", sample_columns, config(tiny_bert, epochs=2), progress=False, epochs_this_run=1)
     with pytest.raises(ValueError, match="another config"):
         finetune(small_catalog, tmp_path / "m", sample_columns, config(tiny_bert, epochs=2, learning_rate=1e-3), progress=False)
+
+
+def test_two_processes_train_together_and_write_one_tagger(tiny_bert, small_catalog, sample_columns, sample, tmp_path):
+    """What `accelerate launch` on several GPUs runs, here as two CPU processes (gloo): every process joins the
+    final validation, the main one writes the tagger, and the summary is printed once."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "enrich.finetune",
+               str(small_catalog), "--columns", str(sample["columns"]), "--out", str(tmp_path / "m"), "--base-model", tiny_bert,
+               "--epochs", "2", "--batch-size", "16", "--max-length", "32", "--mixed-precision", "no", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("fine-tuned on") == 1
+    info = json.loads((tmp_path / "m" / "tagger.json").read_text())
+    _, validation = training_data(small_catalog, sample_columns, FinetuneConfig())
+    assert info["metrics"]["validation_rows"] == validation.height  # gathered from both shards, not one
+    assert Tagger.load(tmp_path / "m").predict(["LEGO Star Wars X-wing fighter | LEGO"])[0]
+
+
+def test_running_again_on_a_finished_folder_writes_the_same_tagger(tiny_bert, small_catalog, sample_columns, tmp_path):
+    cfg = config(tiny_bert, epochs=1)
+    first = finetune(small_catalog, tmp_path / "m", sample_columns, cfg, progress=False)
+    before = weights(tmp_path / "m")
+    again = finetune(small_catalog, tmp_path / "m", sample_columns, cfg, progress=False)
+    after = weights(tmp_path / "m")
+    assert again["validation_accuracy"] == first["validation_accuracy"]
+    assert all(np.array_equal(before[k], after[k]) for k in before)
