@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
+
+# Hugging Face's own bars and notices ("Loading weights", "Writing model shards", the new head's load report)
+# would bury enrich's progress and summary; set these variables to 0 / warning to see them again.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from enrich.catalog import CatalogError, Columns
 from enrich.taxonomy import TaxonomyConfig
