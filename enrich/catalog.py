@@ -7,6 +7,7 @@ was refused; nothing is dropped. File-level problems (missing file or column, un
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -93,8 +94,7 @@ def read_raw(path: Path) -> tuple[pl.DataFrame, bool]:
     fmt = detect_format(path)
     try:
         if fmt == "parquet":
-            frame = pl.read_parquet(path)
-            return frame.select(pl.all().cast(pl.String)), False
+            return _as_strings(pl.read_parquet(path)), False
         data = path.read_bytes()
         try:
             data.decode("utf-8")
@@ -105,11 +105,39 @@ def read_raw(path: Path) -> tuple[pl.DataFrame, bool]:
         if fmt == "csv":
             frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False)
         else:
-            frame = pl.read_ndjson(data, infer_schema_length=None) if data.strip() else pl.DataFrame()
-            frame = frame.select(pl.all().cast(pl.String))
+            frame = _as_strings(pl.read_ndjson(data, infer_schema_length=None) if data.strip() else pl.DataFrame())
     except (pl.exceptions.PolarsError, OSError) as e:
-        raise CatalogError(f"{path}: cannot be read as {fmt}: {str(e).splitlines()[0]}") from None
+        where = _first_bad_json_line(data) if fmt == "jsonl" else ""
+        raise CatalogError(f"{path}: cannot be read as {fmt}: {where or str(e).splitlines()[0]}") from None
     return frame, bad_bytes
+
+
+def _as_strings(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every column as text: lists (bullet points) joined with "; ", nested objects as JSON, the rest cast."""
+    def as_string(name: str, dtype: pl.DataType) -> pl.Expr:
+        if isinstance(dtype, (pl.List, pl.Array)):
+            if isinstance(dtype.inner, (pl.List, pl.Array, pl.Struct)):
+                return pl.col(name).map_elements(json.dumps, return_dtype=pl.String)
+            return pl.col(name).cast(pl.List(pl.String)).list.join("; ")
+        if isinstance(dtype, pl.Struct):
+            return pl.col(name).struct.json_encode()
+        return pl.col(name).cast(pl.String)
+
+    return frame.select(as_string(name, dtype).alias(name) for name, dtype in frame.schema.items())
+
+
+def _first_bad_json_line(data: bytes) -> str:
+    """'line N: why' for the first line of a JSON Lines file that is not a JSON object, else ''."""
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            return f"line {number} is not valid JSON ({e.msg} at column {e.colno})"
+        if not isinstance(value, dict):
+            return f"line {number} is not a JSON object"
+    return ""
 
 
 def _html_to_text(value: str) -> str:

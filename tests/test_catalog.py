@@ -36,6 +36,25 @@ def test_reads_csv_parquet_and_jsonl_alike(tmp_path):
     assert frame["category"].to_list() == ["Vehicles > Cars", "Trains > Sets", None]
 
 
+def test_list_and_nested_fields_become_text_in_jsonl_and_parquet(tmp_path):
+    """Bullet points often come as a list: they are joined, not refused; a nested object is kept as JSON."""
+    rows = pl.DataFrame({"sku": [1, 2], "name": ["Kite", "Ball"], "bullets": [["Ripstop nylon", "30 m line"], []],
+                         "specs": [{"age": "8+"}, {"age": None}]})
+    rows.write_ndjson(tmp_path / "c.jsonl")
+    rows.write_parquet(tmp_path / "c.parquet")
+    columns = Columns(id="sku", title="name", brand=None, text=("bullets", "specs"))
+    for path in (tmp_path / "c.jsonl", tmp_path / "c.parquet"):
+        frame = load_catalog(path, columns)
+        assert frame["id"].to_list() == ["1", "2"] and frame["status"].to_list() == ["ok", "ok"]
+        assert frame["text"][0].startswith("Ripstop nylon; 30 m line") and '"age":"8+"' in frame["text"][0]
+
+
+def test_a_broken_jsonl_line_is_named(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"sku": "a1", "name": "Kite"}\n\n{"sku": "a2", "name": Ball}\n')
+    with pytest.raises(CatalogError, match=r"c.jsonl: cannot be read as jsonl: line 3 is not valid JSON"):
+        load_catalog(tmp_path / "c.jsonl", Columns(id="sku", title="name", brand=None, text=()))
+
+
 def test_bad_rows_are_refused_with_row_and_field_and_none_lost(tmp_path):
     rows = good_rows()
     rows["sku"] += ["a1", "b5", "", "b7", "b8"]
