@@ -7,6 +7,8 @@ was refused; nothing is dropped. File-level problems (missing file or column, un
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -87,14 +89,15 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
-def read_raw(path: Path) -> tuple[pl.DataFrame, bool]:
-    """All columns as strings; also whether the file had bytes that are not UTF-8 (replaced by U+FFFD)."""
+def read_raw(path: Path) -> tuple[pl.DataFrame, bool, list[str | None] | None]:
+    """All columns as strings; whether the file had bytes that are not UTF-8 (replaced by U+FFFD); and, for a
+    CSV with rows polars cannot take (more fields than the header), each row's problem (None where there is none)."""
     if not path.exists():
         raise CatalogError(f"{path}: file not found")
     fmt = detect_format(path)
     try:
         if fmt == "parquet":
-            return _as_strings(pl.read_parquet(path)), False
+            return _as_strings(pl.read_parquet(path)), False, None
         data = path.read_bytes()
         try:
             data.decode("utf-8")
@@ -103,13 +106,40 @@ def read_raw(path: Path) -> tuple[pl.DataFrame, bool]:
             bad_bytes = True
             data = data.decode("utf-8", errors="replace").encode("utf-8")
         if fmt == "csv":
-            frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False)
+            try:
+                frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False)
+            except pl.exceptions.ComputeError as error:
+                frame, problems = _read_ragged_csv(data, path, error)
+                return frame, bad_bytes, problems
         else:
             frame = _as_strings(pl.read_ndjson(data, infer_schema_length=None) if data.strip() else pl.DataFrame())
     except (pl.exceptions.PolarsError, OSError) as e:
         where = _first_bad_json_line(data) if fmt == "jsonl" else ""
         raise CatalogError(f"{path}: cannot be read as {fmt}: {where or str(e).splitlines()[0]}") from None
-    return frame, bad_bytes
+    return frame, bad_bytes, None
+
+
+def _read_ragged_csv(data: bytes, path: Path, error: Exception) -> tuple[pl.DataFrame, list[str | None]]:
+    """The slow path for a CSV polars refuses, usually a row with an unquoted comma: such rows are kept, cut to
+    the header's width, with their problem, so that they are refused one by one and the rest go through."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True)
+    try:
+        header = next(reader, [])
+        records, problems = [], []
+        start = reader.line_num + 1
+        for record in reader:
+            if record:
+                problem = None
+                if len(record) > len(header):
+                    problem = f"(line {start}): {len(record)} fields where the header has {len(header)}; an unquoted comma?"
+                records.append(record[: len(header)] + [None] * (len(header) - len(record)))
+                problems.append(problem)
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise CatalogError(f"{path}: cannot be read as csv: the record from line {start}: {e}") from None
+    if len(set(header)) != len(header) or not any(problems):
+        raise CatalogError(f"{path}: cannot be read as csv: {str(error).splitlines()[0]}") from None
+    return pl.DataFrame(records, schema={name: pl.String for name in header}, orient="row"), problems
 
 
 def _as_strings(frame: pl.DataFrame) -> pl.DataFrame:
@@ -207,7 +237,7 @@ def load_catalog(
     for new listings the engagement column is ignored.
     """
     path = Path(path)
-    raw, bad_bytes = read_raw(path)
+    raw, bad_bytes, problems = read_raw(path)
     if raw.width == 0:  # an empty JSON Lines file has no header to name its columns: zero rows of every role
         named = [columns.id, columns.title, columns.brand, *columns.text, *_category_columns(columns), columns.engagement]
         raw = pl.DataFrame(schema={name: pl.String for name in dict.fromkeys(n for n in named if n)})
@@ -242,7 +272,7 @@ def load_catalog(
     checked = [c for c in [columns.id, columns.title, columns.brand, *text_cols, *_category_columns(columns)] if c]
     if reference:
         checked.append(columns.engagement)
-    frame = frame.with_columns(_status(raw, checked, columns, reference, bad_bytes).alias("status"))
+    frame = frame.with_columns(_status(raw, checked, columns, reference, bad_bytes, problems).alias("status"))
     return frame.select(STANDARD_COLUMNS)
 
 
@@ -257,13 +287,17 @@ def _category_path(raw: pl.DataFrame, columns: Columns) -> pl.Expr:
     return levels.list.eval(pl.element().filter(pl.element() != "")).list.join(" > ")
 
 
-def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: bool, bad_bytes: bool) -> pl.Expr:
+def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: bool, bad_bytes: bool,
+            problems: list[str | None] | None = None) -> pl.Expr:
     """The first reason a row cannot be enriched, naming the row and the field; 'ok' otherwise."""
 
     def refused(message: pl.Expr) -> pl.Expr:
         return pl.format("refused: row {} ", pl.col("row")) + message
 
     rules: list[tuple[pl.Expr, pl.Expr]] = []
+    if problems is not None:
+        problem = pl.lit(pl.Series(problems, dtype=pl.String))
+        rules.append((problem.is_not_null(), refused(problem)))
     if bad_bytes:
         for name in checked:
             if name in raw.columns:
@@ -313,9 +347,17 @@ def listing_texts(frame: pl.DataFrame) -> list[str]:
     )
 
 
+def check_output_path(path: str | Path) -> Path:
+    """Refuse, before any work, an output name that is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise CatalogError(f"{path}: is a folder; --out takes a file name such as {path / 'enriched.parquet'}")
+    return path
+
+
 def write_table(frame: pl.DataFrame, path: str | Path) -> Path:
     """Write Parquet (or CSV when the name ends in .csv) atomically: a reader sees the old file or the new."""
-    path = Path(path)
+    path = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)

@@ -126,8 +126,9 @@ def partial_status() -> pl.Expr:
 
 def describe_catalog(frame: pl.DataFrame, describer: Describer, out: Path, progress: bool = False) -> dict:
     """`enrich attributes`: describe a loaded catalog, write the table and its manifest atomically."""
-    from enrich.catalog import write_table, write_text_atomically
+    from enrich.catalog import check_output_path, write_table, write_text_atomically
 
+    check_output_path(out)
     started = time.time()
     described = describe_frame(frame, describer, progress)
     result = pl.concat([described.select("id"), frame.select("status"), described.drop("id")], how="horizontal")

@@ -66,7 +66,7 @@ def split_catalog(frame: pl.DataFrame, config: EvalConfig, dates: pl.Series | No
 
 
 def _dates(path: Path, column: str) -> pl.Series:
-    raw, _ = read_raw(path)
+    raw, _, _ = read_raw(path)
     if column not in raw.columns:
         raise CatalogError(f"{path}: no column '{column}' for the date (columns are: {', '.join(raw.columns)})")
     parsed = raw[column].str.to_datetime(strict=False)

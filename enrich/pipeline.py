@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from enrich.category_model import FILES as CATEGORY_MODEL_FILES
 from enrich.category_model import CategoryModel, CategoryModelConfig
-from enrich.catalog import (CatalogError, CleaningConfig, Columns, listing_texts, load_catalog, put_back, write_table,
+from enrich.catalog import (CatalogError, CleaningConfig, check_output_path, Columns, listing_texts, load_catalog, put_back, write_table,
                             write_text_atomically)
 from enrich.embed import Encoder, EncoderConfig, text_hashes
 from enrich.engine import EngineConfig
@@ -699,7 +699,7 @@ def enrich(
         raise CatalogError("give either an index folder (--index) or a reference catalog (--reference)")
     if part_rows < 1:
         raise CatalogError(f"--part-rows must be at least 1, not {part_rows}")
-    out_path = Path(out_path)
+    out_path = check_output_path(out_path)
     frame = load_catalog(new_path, columns, config.cleaning, reference=False)
     parts = Path(str(out_path) + ".parts")
     run_key = _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows,

@@ -55,6 +55,24 @@ def test_a_broken_jsonl_line_is_named(tmp_path):
         load_catalog(tmp_path / "c.jsonl", Columns(id="sku", title="name", brand=None, text=()))
 
 
+def test_a_row_with_too_many_fields_is_refused_alone(tmp_path):
+    """An unquoted comma in a title splits it into more fields than the header has: that row is refused, the
+    others are read, and none is lost."""
+    (tmp_path / "c.csv").write_text("sku,name,maker\na1,Kite,Acme\na2,Doll, pink,Barbie\n\na3,Ball\n")
+    frame = load_catalog(tmp_path / "c.csv", Columns(id="sku", title="name", brand="maker", text=()))
+    assert frame["id"].to_list() == ["a1", "a2", "a3"]
+    assert frame["status"][0] == "ok" and frame["status"][2] == "ok" and frame["brand"][2] == ""
+    assert frame["status"][1] == "refused: row 2 (line 3): 4 fields where the header has 3; an unquoted comma?"
+    (tmp_path / "q.csv").write_text('sku,name\na1,Kite\na2,"Doll\na3,Ball\n')
+    with pytest.raises(CatalogError, match="q.csv: cannot be read as csv: the record from line 3"):
+        load_catalog(tmp_path / "q.csv", Columns(id="sku", title="name", brand=None, text=()))
+
+
+def test_an_output_name_that_is_a_folder_is_refused(tmp_path):
+    with pytest.raises(CatalogError, match="is a folder; --out takes a file name"):
+        write_table(pl.DataFrame({"id": ["a"]}), tmp_path)
+
+
 def test_bad_rows_are_refused_with_row_and_field_and_none_lost(tmp_path):
     rows = good_rows()
     rows["sku"] += ["a1", "b5", "", "b7", "b8"]
