@@ -218,6 +218,7 @@ class ChatChooser:
         self.client = client
         self.config = config
         self.description = {"backend": "openai", "model": config.model, "base_url": config.base_url}
+        self.answered_once = False  # a server that never answers stops the batch; one that did marks the row
 
     def cut_listing(self, text: str) -> str:
         limit = self.config.max_listing_tokens * 4  # about four characters a token
@@ -226,11 +227,21 @@ class ChatChooser:
     def choose(self, prompt: str, options: list[str]) -> Choice:
         if not options:
             raise ValueError("choose needs at least one option")
+        from openai import APIError
+
         answers = []
         for _ in range(2):  # one retry, then the row is marked
-            response = self.client.chat.completions.create(
-                model=self.config.model, messages=[{"role": "user", "content": prompt}], temperature=0,
-                max_tokens=64)
+            try:
+                response = self.client.chat.completions.create(
+                    model=self.config.model, messages=[{"role": "user", "content": prompt}], temperature=0,
+                    max_tokens=64)
+            except APIError as error:  # the client has already retried once
+                reason = " ".join(str(error).split())[:120]
+                if not self.answered_once:
+                    raise ValueError(f"the LLM server at {self.config.base_url} (model {self.config.model!r}) did not "
+                                     f"answer: {reason}") from None
+                return Choice(index=None, error=f"the LLM server failed: {reason}")
+            self.answered_once = True
             answer = response.choices[0].message.content or ""
             index = match_option(answer, options)
             if index is not None:

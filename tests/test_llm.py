@@ -61,6 +61,14 @@ class FakeChatServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
                 answer = server.answers.pop(0) if server.answers else "no idea"
+                if answer.startswith("HTTP "):  # the server fails this request with that status
+                    payload = json.dumps({"error": {"message": "overloaded", "type": "server_error"}}).encode()
+                    self.send_response(int(answer.split()[1]))
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 payload = json.dumps({
                     "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
@@ -108,6 +116,18 @@ def test_chat_backend_retries_once_then_reports_invalid(chat_server):
     choice = chooser.choose("Which category?", ["Toys & Games > Toys", "Arts & Entertainment"])
     assert not choice.ok and "none of the options" in choice.error
     assert len(server.requests) == 2  # one retry, no more
+
+
+def test_a_server_that_never_answers_stops_the_batch_and_a_later_failure_marks_the_row(chat_server):
+    chooser = ChatChooser(LLMConfig(backend="openai", model="served", base_url="http://127.0.0.1:9/v1", timeout_s=2))
+    with pytest.raises(ValueError, match=r"LLM server at http://127.0.0.1:9/v1 \(model 'served'\) did not answer"):
+        chooser.choose("Which material?", ["wood", "not stated"])
+
+    server = chat_server(["wood", "HTTP 400", "HTTP 400"])
+    chooser = ChatChooser(LLMConfig(backend="openai", model="served", base_url=server.url, timeout_s=5))
+    assert chooser.choose("Which material?", ["wood", "not stated"]).index == 0
+    failed = chooser.choose("Which colour?", ["red", "not stated"])
+    assert not failed.ok and failed.error.startswith("the LLM server failed:") and "400" in failed.error
 
 
 def test_chat_backend_needs_a_server_address():
