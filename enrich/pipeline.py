@@ -407,6 +407,8 @@ def update_index(
     for label in gone:
         graph.mark_deleted(label)
     lexical_matrix = sp.vstack([index.lexical_matrix, index.lexical.transform(added_texts)]).tocsr()
+    live_categories = set(reference.filter(~pl.col("deleted"))["category"].drop_nulls().to_list())
+    unknown_categories = live_categories - set(index.category_model.labels if index.category_model else ())
 
     manifest = dict(index.manifest)
     manifest["counts"] = {**manifest["counts"], "indexed": reference.height - int(reference["deleted"].sum()),
@@ -414,7 +416,7 @@ def update_index(
     manifest["updates"] = manifest.get("updates", []) + [{
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": str(reference_path),
         "added": added.height, "deleted": len(gone), "refreshed": unchanged.height,
-        "seconds": round(time.perf_counter() - started, 2)}]
+        "categories_unknown_to_the_model": len(unknown_categories), "seconds": round(time.perf_counter() - started, 2)}]
     built = reference.height - sum(u["added"] for u in manifest["updates"])  # labels at the last full build
     changed_share = sum(u["added"] + u["deleted"] for u in manifest["updates"]) / max(built, 1)
     manifest["changed_since_build"] = round(changed_share, 4)
@@ -435,6 +437,11 @@ def update_index(
     _write_folder_atomically(out_dir, write)
     summary = _summary(frame, started)
     summary.reused_embeddings = unchanged.height
+    if unknown_categories and index.category_model is not None:
+        summary.warnings.append(
+            f"{len(unknown_categories)} categories in the index are new since the last full build (e.g."
+            f" {sorted(unknown_categories)[0]!r}): the neighbours' vote can name them, the TF-IDF category model"
+            " cannot until a rebuild (`enrich index` without --update; unchanged embeddings are reused)")
     if changed_share > REFIT_SHARE:
         summary.warnings.append(
             f"{changed_share:.0%} of the {built} listings indexed at the last full build have been added or deleted since;"

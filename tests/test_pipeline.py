@@ -224,9 +224,13 @@ def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tm
 
     index = ReferenceIndex.load(tmp_path / "index", encoder)
     assert index.category_model.labels == labels_at_build  # kept as fitted at the build, like the prior
+    live = set(index.reference.filter(~pl.col("deleted"))["category"].drop_nulls().to_list())
+    unknown = len(live - set(labels_at_build))
+    assert unknown and f"warning: {unknown} categories in the index are new since the last full build" in err
     assert index.reference.height == 51 and int(index.reference["deleted"].sum()) == 6 and len(index.neighbors) == 45
     assert index.manifest["updates"][-1] | {"seconds": 0, "at": "", "source": ""} == {
-        "added": 11, "deleted": 6, "refreshed": 34, "seconds": 0, "at": "", "source": ""}
+        "added": 11, "deleted": 6, "refreshed": 34, "categories_unknown_to_the_model": unknown, "seconds": 0, "at": "",
+        "source": ""}
     first = index.reference.with_row_index().filter(pl.col("id") == after["uniq_id"][0])
     assert first["engagement"].to_list() == [999.0]
     from enrich.catalog import listing_texts, load_catalog
@@ -297,7 +301,8 @@ def test_update_says_to_rebuild_once_much_of_the_index_has_changed(sample, sampl
     reference.head(300).write_csv(tmp_path / "small.csv")
     reference.head(330).write_csv(tmp_path / "plus30.csv")
     build_index(tmp_path / "small.csv", tmp_path / "index", sample_columns, progress=False, encoder=encoder)
-    assert update_index(tmp_path / "plus30.csv", tmp_path / "index", sample_columns, progress=False).warnings == []
+    warnings = update_index(tmp_path / "plus30.csv", tmp_path / "index", sample_columns, progress=False).warnings
+    assert not any("have been added or deleted since" in w for w in warnings)
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert manifest["changed_since_build"] == 0.1
 
