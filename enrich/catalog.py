@@ -347,11 +347,14 @@ def listing_texts(frame: pl.DataFrame) -> list[str]:
     )
 
 
-def check_output_path(path: str | Path) -> Path:
-    """Refuse, before any work, an output name that is a folder."""
+def check_output_path(path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> Path:
+    """Refuse, before any work, an output name that is a folder or one of the inputs (it would be replaced)."""
     path = Path(path)
     if path.is_dir():
         raise CatalogError(f"{path}: is a folder; --out takes a file name such as {path / 'enriched.parquet'}")
+    for given in inputs:
+        if given is not None and Path(given).resolve() == path.resolve():
+            raise CatalogError(f"{path}: --out names an input file, which the output would replace; choose another name")
     return path
 
 

@@ -191,10 +191,11 @@ def main(argv: list[str] | None = None) -> int:
             if not PartialState().is_main_process:  # under `accelerate launch` every process returns; one summary
                 lines = []
         elif args.command == "attributes":
-            from enrich.catalog import CleaningConfig, load_catalog
+            from enrich.catalog import CleaningConfig, check_output_path, load_catalog
             from enrich.describe import describe_catalog
             from enrich.embed import Encoder
 
+            check_output_path(args.out, inputs=(args.listings,))
             frame = load_catalog(args.listings, columns, CleaningConfig())
             manifest = describe_catalog(frame, _describer(args, Encoder()), args.out, progress=progress)
             lines = [f"{manifest['rows']} rows read, {manifest['described']} described in {manifest['seconds']:.1f} s"

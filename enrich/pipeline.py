@@ -706,7 +706,7 @@ def enrich(
         raise CatalogError("give either an index folder (--index) or a reference catalog (--reference)")
     if part_rows < 1:
         raise CatalogError(f"--part-rows must be at least 1, not {part_rows}")
-    out_path = check_output_path(out_path)
+    out_path = check_output_path(out_path, inputs=(new_path, reference_path))
     frame = load_catalog(new_path, columns, config.cleaning, reference=False)
     parts = Path(str(out_path) + ".parts")
     run_key = _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows,
