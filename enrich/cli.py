@@ -7,11 +7,28 @@ import os
 import sys
 from dataclasses import replace
 
-# Hugging Face's own bars and notices ("Loading weights", "Writing model shards", the new head's load report)
-# would bury enrich's progress and summary; set these variables to 0 / warning to see them again.
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+def _quiet_hugging_face() -> None:
+    """Hugging Face's own bars and notices ("Loading weights", "Writing model shards", the new head's load report)
+    would bury enrich's progress and summary; set these variables to 0 / warning to see them again. Libraries
+    imported before this module (`python -m enrich.finetune` imports transformers first) are told directly."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+            logging.disable_progress_bar()
+        if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
+            logging.set_verbosity_error()
+    if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1":
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+_quiet_hugging_face()
 
 from enrich.catalog import CatalogError, Columns
 from enrich.taxonomy import TaxonomyConfig
