@@ -7,6 +7,7 @@ was refused; nothing is dropped. File-level problems (missing file or column, un
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -32,7 +33,8 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class Columns:
-    """Which input column plays which role; every catalog names its columns its own way."""
+    """Which input column plays which role; every catalog names its columns its own way (and some encode
+    their files their own way)."""
 
     id: str = "id"  # unique listing id, kept as a string
     title: str = "title"  # product title; a row without one is refused
@@ -40,6 +42,7 @@ class Columns:
     text: tuple[str, ...] = ("description",)  # extra text columns (description, bullet points), optional
     category: str | tuple[str, ...] | None = "category"  # path "A > B > C", or its level columns in order
     engagement: str | None = "engagement"  # orders / reviews / clicks; required in a reference catalog
+    encoding: str = "utf-8"  # of a CSV or JSON Lines file: exports from older tools are often cp1252 or latin-1
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Columns":
@@ -67,6 +70,11 @@ class Columns:
                 value = tuple(v for v in ([value] if isinstance(value, str) else value) if v)
             elif key == "category" and not isinstance(value, str):
                 value = tuple(v for v in value if v) or None
+            elif key == "encoding":
+                try:
+                    value = codecs.lookup(value).name
+                except LookupError:
+                    raise CatalogError(f"{source}: unknown encoding {value!r} (for example utf-8, cp1252, latin-1)") from None
             elif value == "" and key not in ("id", "title"):
                 value = None
             clean[key] = value
@@ -89,9 +97,9 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
-def read_raw(path: Path) -> tuple[pl.DataFrame, bool, list[str | None] | None]:
-    """All columns as strings; whether the file had bytes that are not UTF-8 (replaced by U+FFFD); and, for a
-    CSV with rows polars cannot take (more fields than the header), each row's problem (None where there is none)."""
+def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pl.DataFrame, bool, list[str | None] | None]:
+    """All columns as strings; whether the file had bytes that are not valid in `encoding` (replaced by U+FFFD);
+    and, for a CSV with rows polars cannot take (more fields than the header), each row's problem (else None)."""
     if not path.exists():
         raise CatalogError(f"{path}: file not found")
     fmt = detect_format(path)
@@ -100,11 +108,12 @@ def read_raw(path: Path) -> tuple[pl.DataFrame, bool, list[str | None] | None]:
             return _as_strings(pl.read_parquet(path)), False, None
         data = path.read_bytes()
         try:
-            data.decode("utf-8")
+            text = data.decode(encoding)
             bad_bytes = False
         except UnicodeDecodeError:
             bad_bytes = True
-            data = data.decode("utf-8", errors="replace").encode("utf-8")
+            text = data.decode(encoding, errors="replace")
+        data = data if encoding == "utf-8" and not bad_bytes else text.encode("utf-8")  # polars reads UTF-8
         if fmt == "csv":
             try:
                 frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False)
@@ -237,7 +246,7 @@ def load_catalog(
     for new listings the engagement column is ignored.
     """
     path = Path(path)
-    raw, bad_bytes, problems = read_raw(path)
+    raw, bad_bytes, problems = read_raw(path, columns.encoding)
     if raw.width == 0:  # an empty JSON Lines file has no header to name its columns: zero rows of every role
         named = [columns.id, columns.title, columns.brand, *columns.text, *_category_columns(columns), columns.engagement]
         raw = pl.DataFrame(schema={name: pl.String for name in dict.fromkeys(n for n in named if n)})
@@ -302,7 +311,8 @@ def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: 
         for name in checked:
             if name in raw.columns:
                 has_bad = pl.lit(raw[name].fill_null("").str.contains("\ufffd", literal=True))
-                rules.append((has_bad, refused(pl.lit(f"field '{name}': bytes that are not UTF-8"))))
+                valid_in = "UTF-8 (another encoding? see --encoding)" if columns.encoding == "utf-8" else columns.encoding
+                rules.append((has_bad, refused(pl.lit(f"field '{name}': bytes that are not {valid_in}"))))
     rules += [
         (pl.col("id") == "", refused(pl.lit(f"field '{columns.id}': empty id"))),
         (pl.col("row") != pl.col("first_row"),

@@ -111,7 +111,23 @@ def test_bytes_that_are_not_utf8_refuse_only_their_row(tmp_path):
     path.write_bytes(b"sku,name,orders\nx1,Caf\xe9 kitchen,3\nx2,Tea set,4\n")
     frame = load_catalog(path, Columns(id="sku", title="name", engagement="orders", brand=None, text=(), category=None),
                          reference=True)
-    assert frame["status"].to_list() == ["refused: row 1 field 'name': bytes that are not UTF-8", "ok"]
+    assert frame["status"].to_list() == ["refused: row 1 field 'name': bytes that are not UTF-8 (another encoding? see"
+                                         " --encoding)", "ok"]
+
+
+def test_a_catalog_in_another_encoding_reads_when_it_is_named(tmp_path, capsys):
+    """A cp1252 export (a pound sign, curly quotes) reads whole once its encoding is named, by flag or mapping file;
+    a byte that cp1252 leaves undefined still refuses only its row."""
+    (tmp_path / "cp1252.csv").write_bytes("sku,name,orders\nx1,Caf\u00e9 set \u00a35 \u2019best\u2019,3\n".encode("cp1252")
+                                          + b"x2,Tea\x81set,4\n")
+    columns = Columns(id="sku", title="name", engagement="orders", brand=None, text=(), category=None)
+    frame = load_catalog(tmp_path / "cp1252.csv", columns.updated(encoding="CP1252"), reference=True)
+    assert frame["title"][0] == "Caf\u00e9 set \u00a35 \u2019best\u2019" and frame["status"][0] == "ok"
+    assert frame["status"][1] == "refused: row 2 field 'name': bytes that are not cp1252"
+    (tmp_path / "map.toml").write_text('id = "sku"\ntitle = "name"\nencoding = "latin-1"\n')
+    assert Columns.from_file(tmp_path / "map.toml").encoding == "iso8859-1"
+    with pytest.raises(CatalogError, match="unknown encoding 'klingon'"):
+        columns.updated(encoding="klingon")
 
 
 def test_long_fields_are_truncated_with_a_note(tmp_path):

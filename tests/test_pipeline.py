@@ -62,7 +62,7 @@ def test_bad_rows_are_accounted_for_in_the_output(sample_index, tmp_path, capsys
         "refused: row 2 field 'uniq_id': duplicate id 'n1' (first at row 1)",
         "refused: row 3 field 'product_name': empty title",
         "ok",
-        "refused: row 5 field 'product_name': bytes that are not UTF-8",
+        "refused: row 5 field 'product_name': bytes that are not UTF-8 (another encoding? see --encoding)",
     ]
     assert out["neighbors"][0].count("|") == 9 and out["neighbors"][1] is None
     assert "5 rows read, 2 enriched, 3 refused" in err
