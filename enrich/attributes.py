@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -233,7 +234,9 @@ class AnswerCache:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30)
+        # One connection shared by the threads that ask a model server, one statement at a time.
+        self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self.lock = threading.Lock()
         self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)")
         self.hits = self.misses = 0
 
@@ -242,15 +245,16 @@ class AnswerCache:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
     def get(self, key: str) -> dict | None:
-        row = self.db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        self.hits += 1
+        with self.lock:
+            row = self.db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                self.misses += 1
+                return None
+            self.hits += 1
         return json.loads(row[0])
 
     def put(self, key: str, answer: dict) -> None:
-        with self.db:
+        with self.lock, self.db:
             self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?)", (key, json.dumps(answer)))
 
 

@@ -78,6 +78,8 @@ def _llm_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--llm-model", help="local: smollm2-135m (default), gemma3-270m, a .gguf file or a model folder; "
                        "openai: the served model's name")
     group.add_argument("--llm-base-url", help="openai backend: the server, e.g. http://localhost:8000/v1")
+    group.add_argument("--llm-concurrency", type=int, metavar="N",
+                       help="openai backend: listings asked about at once (default 8; 1 asks in turn)")
     group.add_argument("--attributes-by", choices=["model", "rules"], default="model",
                        help="model: the LLM picks among the spans found (default); rules: the first span found")
     group.add_argument("--taxonomy-by", choices=["model", "nearest"], default="nearest",
@@ -102,7 +104,8 @@ def _describer(args: argparse.Namespace, encoder):
     from enrich.llm import LLMConfig
 
     config = DescribeConfig(
-        llm=LLMConfig.from_env(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url),
+        llm=LLMConfig.from_env(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url,
+                               concurrency=args.llm_concurrency),
         attributes=AttributeConfig(ask_model=args.attributes_by == "model"),
         taxonomy=TaxonomyConfig(choose=args.taxonomy_by, category_weight=args.taxonomy_category_weight,
                                 name_weight=args.taxonomy_name_weight, bridge=args.taxonomy_bridge),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from enrich.attributes import AnswerCache, AttributeConfig, extract
 from enrich.catalog import listing_texts, put_back
-from enrich.llm import LLMConfig, cache_root, describe as describe_llm, load_chooser
+from enrich.llm import ChatChooser, LLMConfig, cache_root, describe as describe_llm, load_chooser
 from enrich.prompts import load_prompt
 from enrich.taxonomy import (TaxonomyConfig, TaxonomyIndex, category_vectors, load_taxonomy, map_listing,
                              with_category)
@@ -93,10 +94,9 @@ def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = F
     if weight and any(categories):
         vectors = with_category(vectors, category_vectors(categories, describer.encoder), weight)
     rows, sims = describer.taxonomy_index.candidates(vectors, describer.config.taxonomy.candidates)
-    records = []
-    for i, listing in enumerate(tqdm(ok.iter_rows(named=True), total=ok.height, desc="describing", unit="listing",
-                                     disable=not progress, leave=False)):
-        config = describer.config
+    config = describer.config
+
+    def describe_one(i: int, listing: dict) -> dict:
         found = extract(listing["title"], listing["brand"], listing["text"] or "",
                         describer.chooser if config.attributes.ask_model else None,
                         describer.attribute_prompt, config.attributes, describer.cache)
@@ -104,7 +104,7 @@ def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = F
                              describer.chooser if config.taxonomy.choose == "model" else None,
                              describer.taxonomy_prompt, describer.cache)
         tags = found.tags()
-        records.append({
+        return {
             "attributes": json.dumps(found.attributes, ensure_ascii=False),
             "attribute_tags": [t for t, _ in tags],
             "attribute_tag_scores": [s for _, s in tags],
@@ -112,7 +112,17 @@ def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = F
             "taxonomy_path": mapped.taxonomy_path,
             "taxonomy_score": mapped.score,
             "llm_notes": "; ".join(found.errors + ([mapped.error] if mapped.error else [])),
-        })
+        }
+
+    listings = ok.iter_rows(named=True)
+    bar = dict(total=ok.height, desc="describing", unit="listing", disable=not progress, leave=False)
+    # A model server answers many requests at once; the local model is one process's and is asked in turn.
+    workers = config.llm.concurrency if isinstance(describer.chooser, ChatChooser) else 1
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            records = list(tqdm(pool.map(describe_one, range(ok.height), listings), **bar))
+    else:
+        records = [describe_one(i, listing) for i, listing in enumerate(tqdm(listings, **bar))]
     described = pl.DataFrame(records, schema={k: v for k, v in DESCRIBE_SCHEMA.items() if k != "id"})
     return put_back(frame, ok_mask, described, ["id"]).select(list(DESCRIBE_SCHEMA)).cast(DESCRIBE_SCHEMA)
 

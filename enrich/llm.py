@@ -41,6 +41,7 @@ class LLMConfig:
     cache_dir: str = ""  # where converted models live (default ENRICH_CACHE or ~/.cache/enrich)
     max_listing_tokens: int = 192  # the listing's text is cut to this many tokens inside a prompt
     timeout_s: float = 60.0  # openai backend: per request
+    concurrency: int = 8  # openai backend: listings whose questions are in flight at once (a server batches them)
 
     @classmethod
     def from_env(cls, **overrides) -> LLMConfig:
@@ -52,6 +53,8 @@ class LLMConfig:
         }
         values = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
+        if int(values.get("concurrency", 1)) < 1:
+            raise ValueError(f"--llm-concurrency must be at least 1, not {values['concurrency']}")
         return cls(**values)
 
 

@@ -1,5 +1,7 @@
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +152,41 @@ def test_chat_answers_outside_the_options_leave_the_field_empty_and_say_so(encod
     assert json.loads(out["attributes"])["colour"] is None and "attribute colour" in out["llm_notes"]
     assert json.loads(out["attributes"])["brand"] == "Brookite"  # no question needed, nothing lost
     assert client.calls == 3 * 2  # colour, material and taxonomy: each asked once and retried once
+
+
+class SlowServerClient:
+    """An OpenAI-compatible client that takes a while to answer "1" (the first option) and counts the requests
+    in flight at once, as a model server would see them."""
+
+    def __init__(self):
+        self.chat = self.completions = self
+        self.lock, self.in_flight, self.most_in_flight = threading.Lock(), 0, 0
+
+    def create(self, **request):
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(0.05)
+        with self.lock:
+            self.in_flight -= 1
+        message = type("Message", (), {"content": "1"})
+        return type("Response", (), {"choices": [type("Choice", (), {"message": message})]})
+
+
+def test_a_model_server_is_asked_about_several_listings_at_once_with_the_same_answers(encoder, small_taxonomy, llm_cache):
+    rows = [json.loads(line) for line in LABELLED.read_text().splitlines()[:8]]
+    rows.insert(3, {"id": "refused-1", "title": "", "status": "refused: row 4 field 'title': empty"})
+    frame = _frame(rows)
+    results, clients = [], []
+    for concurrency in (1, 4):
+        llm = LLMConfig(backend="openai", model="served", base_url="http://127.0.0.1:9/v1", concurrency=concurrency)
+        clients.append(SlowServerClient())
+        describer = Describer(DescribeConfig(llm=llm, taxonomy_source=str(small_taxonomy), use_cache=False,
+                                             taxonomy=TaxonomyConfig(choose="model")),
+                              encoder, chooser=ChatChooser(llm, client=clients[-1]))
+        results.append(describe_frame(frame, describer))
+    assert results[0].equals(results[1]) and results[1]["id"].to_list() == frame["id"].to_list()
+    assert clients[0].most_in_flight == 1 and clients[1].most_in_flight > 1
 
 
 def test_run_with_describe_adds_attribute_tags_and_the_taxonomy(tmp_path, sample, sample_columns, sample_index, encoder,
