@@ -123,7 +123,8 @@ def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pl.DataFrame, bool, l
         else:
             frame = _as_strings(pl.read_ndjson(data, infer_schema_length=None) if data.strip() else pl.DataFrame())
     except (pl.exceptions.PolarsError, OSError) as e:
-        where = _first_bad_json_line(data) if fmt == "jsonl" else ""
+        # Only a parse error has a line to name; a file that could not be read at all (OSError) has no data.
+        where = _first_bad_json_line(data) if fmt == "jsonl" and isinstance(e, pl.exceptions.PolarsError) else ""
         raise CatalogError(f"{path}: cannot be read as {fmt}: {where or str(e).splitlines()[0]}") from None
     return frame, bad_bytes, None
 
@@ -166,7 +167,7 @@ def _as_strings(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _first_bad_json_line(data: bytes) -> str:
-    """'line N: why' for the first line of a JSON Lines file that is not a JSON object, else ''."""
+    """'line N is not ...' for the first line of a JSON Lines file that is not a JSON object, else ''."""
     for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
@@ -308,10 +309,10 @@ def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: 
         problem = pl.lit(pl.Series(problems, dtype=pl.String))
         rules.append((problem.is_not_null(), refused(problem)))
     if bad_bytes:
+        valid_in = "UTF-8 (another encoding? see --encoding)" if columns.encoding == "utf-8" else columns.encoding
         for name in checked:
             if name in raw.columns:
                 has_bad = pl.lit(raw[name].fill_null("").str.contains("\ufffd", literal=True))
-                valid_in = "UTF-8 (another encoding? see --encoding)" if columns.encoding == "utf-8" else columns.encoding
                 rules.append((has_bad, refused(pl.lit(f"field '{name}': bytes that are not {valid_in}"))))
     rules += [
         (pl.col("id") == "", refused(pl.lit(f"field '{columns.id}': empty id"))),

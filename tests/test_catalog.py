@@ -54,6 +54,9 @@ def test_a_broken_jsonl_line_is_named(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"sku": "a1", "name": "Kite"}\n\n{"sku": "a2", "name": Ball}\n')
     with pytest.raises(CatalogError, match=r"c.jsonl: cannot be read as jsonl: line 3 is not valid JSON"):
         load_catalog(tmp_path / "c.jsonl", Columns(id="sku", title="name", brand=None, text=()))
+    (tmp_path / "folder.jsonl").mkdir()  # unreadable as a file: no line to name, still one clear error
+    with pytest.raises(CatalogError, match=r"folder.jsonl: cannot be read as jsonl: .*Is a directory"):
+        load_catalog(tmp_path / "folder.jsonl", Columns(id="sku", title="name", brand=None, text=()))
 
 
 def test_a_row_with_too_many_fields_is_refused_alone(tmp_path):
