@@ -119,8 +119,11 @@ def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = F
     # A model server answers many requests at once; the local model is one process's and is asked in turn.
     workers = config.llm.concurrency if isinstance(describer.chooser, ChatChooser) else 1
     if workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             records = list(tqdm(pool.map(describe_one, range(ok.height), listings), **bar))
+        finally:  # on an error (or Ctrl-C) the listings not yet started are dropped, not asked about
+            pool.shutdown(cancel_futures=True)
     else:
         records = [describe_one(i, listing) for i, listing in enumerate(tqdm(listings, **bar))]
     described = pl.DataFrame(records, schema={k: v for k, v in DESCRIBE_SCHEMA.items() if k != "id"})
@@ -136,9 +139,8 @@ def partial_status() -> pl.Expr:
 
 def describe_catalog(frame: pl.DataFrame, describer: Describer, out: Path, progress: bool = False) -> dict:
     """`enrich attributes`: describe a loaded catalog, write the table and its manifest atomically."""
-    from enrich.catalog import check_output_path, write_table, write_text_atomically
+    from enrich.catalog import write_table, write_text_atomically
 
-    check_output_path(out)
     started = time.time()
     described = describe_frame(frame, describer, progress)
     result = pl.concat([described.select("id"), frame.select("status"), described.drop("id")], how="horizontal")

@@ -53,9 +53,11 @@ class LLMConfig:
         }
         values = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
-        if int(values.get("concurrency", 1)) < 1:
-            raise ValueError(f"--llm-concurrency must be at least 1, not {values['concurrency']}")
         return cls(**values)
+
+    def __post_init__(self):
+        if self.concurrency < 1:
+            raise ValueError(f"the LLM concurrency (--llm-concurrency) must be at least 1, not {self.concurrency}")
 
 
 @dataclass(frozen=True)

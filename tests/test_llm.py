@@ -141,6 +141,8 @@ def test_config_reads_the_environment_and_flags_win(monkeypatch):
     config = LLMConfig.from_env(model="served")
     assert (config.backend, config.base_url, config.model) == ("openai", "http://127.0.0.1:9/v1", "served")
     assert LLMConfig.from_env(backend="local").backend == "local"
+    with pytest.raises(ValueError, match="concurrency .* must be at least 1, not 0"):
+        LLMConfig.from_env(concurrency=0)
 
 
 def test_unknown_local_models_are_refused_clearly(tmp_path):
