@@ -1,7 +1,8 @@
 """Fine-tune the tag classifier on a catalog with known category paths, with accelerate.
 
 Runs on the CPU here, on a GPU with mixed precision, and on several GPUs with `accelerate launch -m
-enrich.finetune CATALOG --out DIR`. The model is all-MiniLM-L6-v2 (a BERT) with a new head over the full
+enrich.finetune CATALOG --out DIR`; `batch_size` is the batch of one optimizer step however many processes
+share it, so the same settings train the same schedule on one GPU or eight. The model is all-MiniLM-L6-v2 (a BERT) with a new head over the full
 paths seen in training. The long tail is handled on purpose:
 - every level of the hierarchy is trained: besides the leaf cross-entropy, each level's probability (the
   sum of its leaves') gets its own loss, so rare leaves still teach their parents;
@@ -23,7 +24,7 @@ import numpy as np
 import polars as pl
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import Dataset
 from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
@@ -43,7 +44,7 @@ class FinetuneConfig:
 
     base_model: str | None = None  # a BERT folder; None: the packaged all-MiniLM-L6-v2
     epochs: int = 8  # upper bound; early stopping may end sooner
-    batch_size: int = 32
+    batch_size: int = 32  # listings per optimizer step, split across processes (a multiple of their number)
     learning_rate: float = 2e-4  # peak of the linear warm-up / decay schedule, for the BERT body
     head_learning_rate: float = 3e-3  # the new classification head starts from scratch: a larger step
     weight_decay: float = 0.01
@@ -133,7 +134,14 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     leaf_weights = np.array([max(count_of.get(label, 0), 1) ** -config.class_weight_power for label in labels])
     leaf_weights = leaf_weights / (leaf_weights * np.array([count_of.get(l, 0) for l in labels])).sum() * train.height
 
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), cpu=not torch.cuda.is_available())
+    # split_batches: each process takes its share of one batch, so the number of optimizer steps, and with it the
+    # learning-rate schedule, does not depend on how many processes there are.
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    processes = accelerator.num_processes
+    if config.batch_size % processes:
+        raise ValueError(f"--batch-size {config.batch_size} cannot be split across {processes} processes: "
+                         f"use a multiple of {processes}")
     set_seed(config.seed)
     base = config.base_model or packaged_model_path()
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -155,19 +163,20 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * steps_per_epoch * config.epochs),
                               num_training_steps=steps_per_epoch * config.epochs)
     loss_fn = HierarchicalLoss(hierarchy, leaf_weights, config.level_loss_weight)
-    validation_loader = torch.utils.data.DataLoader(validation_data, batch_size=64, collate_fn=collate)
+    validation_loader = torch.utils.data.DataLoader(validation_data, batch_size=64 * processes, collate_fn=collate)
     model, optimizer, scheduler, validation_loader = accelerator.prepare(model, optimizer, scheduler, validation_loader)
     loss_fn.to(accelerator.device)
 
-    state = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "history": [], "config": asdict(config)}
+    state = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "optimizer_steps": 0, "history": [], "config": asdict(config)}
     checkpoints = out_dir / CHECKPOINTS
     if (checkpoints / STATE_FILE).exists():
         saved = json.loads((checkpoints / STATE_FILE).read_text())
         if saved["config"] != asdict(config):
             raise ValueError(f"{checkpoints} holds a run with another config; remove it or use another --out")
         accelerator.load_state(str(checkpoints / "last"))
-        state = saved
-        accelerator.print(f"resuming after epoch {state['epoch']}")
+        state = {"optimizer_steps": 0, **saved}  # checkpoints written before the count was kept
+        if progress:
+            accelerator.print(f"resuming after epoch {state['epoch']}")
 
     first_epoch = state["epoch"] + 1
     for epoch in range(first_epoch, config.epochs + 1):
@@ -192,12 +201,14 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
+            state["optimizer_steps"] += 1
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         val_logits, val_labels = _predict(model, validation_loader, accelerator)
         accuracy = float((val_logits.argmax(1) == val_labels).mean())
         state["history"].append({"epoch": epoch, "train_loss": total / max(len(loader), 1), "validation_accuracy": accuracy})
-        accelerator.print(f"epoch {epoch}: train loss {total / max(len(loader), 1):.4f}, validation accuracy {accuracy:.4f}")
+        if progress:
+            accelerator.print(f"epoch {epoch}: train loss {total / max(len(loader), 1):.4f}, validation accuracy {accuracy:.4f}")
         if accuracy > state["best_accuracy"]:
             state["best_accuracy"], state["best_epoch"] = accuracy, epoch
             if accelerator.is_main_process:
@@ -222,6 +233,8 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
         "temperature": temperature,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
+        "optimizer_steps": state["optimizer_steps"],
+        "processes": processes,
         "train_rows": train.height,
         "seconds": round(time.perf_counter() - started, 1),
         "history": state["history"],

@@ -75,7 +75,8 @@ def test_resuming_with_another_config_is_refused(tiny_bert, small_catalog, sampl
 
 def test_two_processes_train_together_and_write_one_tagger(tiny_bert, small_catalog, sample_columns, sample, tmp_path):
     """What `accelerate launch` on several GPUs runs, here as two CPU processes (gloo): every process joins the
-    final validation, the main one writes the tagger, and the summary is printed once."""
+    final validation, the main one writes the tagger, and the summary is printed once. --batch-size is the
+    batch of one optimizer step, split between the processes, so they take as many steps as one process."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "enrich.finetune",
                str(small_catalog), "--columns", str(sample["columns"]), "--out", str(tmp_path / "m"), "--base-model", tiny_bert,
                "--epochs", "2", "--batch-size", "16", "--max-length", "32", "--mixed-precision", "no", "--quiet"]
@@ -85,7 +86,20 @@ def test_two_processes_train_together_and_write_one_tagger(tiny_bert, small_cata
     info = json.loads((tmp_path / "m" / "tagger.json").read_text())
     _, validation = training_data(small_catalog, sample_columns, FinetuneConfig())
     assert info["metrics"]["validation_rows"] == validation.height  # gathered from both shards, not one
+    alone = finetune(small_catalog, tmp_path / "alone", sample_columns, config(tiny_bert, epochs=2), progress=False)
+    assert info["metrics"]["processes"] == 2 and alone["processes"] == 1
+    assert info["metrics"]["optimizer_steps"] == alone["optimizer_steps"] == 2 * -(-alone["train_rows"] // 16)
     assert Tagger.load(tmp_path / "m").predict(["LEGO Star Wars X-wing fighter | LEGO"])[0]
+
+
+def test_a_batch_that_cannot_be_split_across_the_processes_is_refused(tiny_bert, small_catalog, sample, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "enrich.finetune",
+               str(small_catalog), "--columns", str(sample["columns"]), "--out", str(tmp_path / "m"), "--base-model", tiny_bert,
+               "--epochs", "1", "--batch-size", "15", "--mixed-precision", "no", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    # Each process says so in one line (torchrun then adds its own report of the failed processes).
+    assert "enrich: error: --batch-size 15 cannot be split across 2 processes: use a multiple of 2" in done.stderr
 
 
 def test_running_again_on_a_finished_folder_writes_the_same_tagger(tiny_bert, small_catalog, sample_columns, tmp_path):
