@@ -97,9 +97,10 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
-def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pl.DataFrame, bool, list[str | None] | None]:
-    """All columns as strings; whether the file had bytes that are not valid in `encoding` (replaced by U+FFFD);
-    and, for a CSV with rows polars cannot take (more fields than the header), each row's problem (else None)."""
+def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pl.DataFrame, str | None, list[str | None] | None]:
+    """All columns as strings; what is wrong with the file's bytes when some are not valid in `encoding` (they are
+    replaced by U+FFFD; None when all are valid); and, for a CSV with rows polars cannot take (more fields than
+    the header), each row's problem (else None)."""
     if not path.exists():
         raise CatalogError(f"{path}: file not found")
     fmt = detect_format(path)
@@ -109,9 +110,9 @@ def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pl.DataFrame, bool, l
         data = path.read_bytes()
         try:
             text = data.decode(encoding)
-            bad_bytes = False
-        except UnicodeDecodeError:
-            bad_bytes = True
+            bad_bytes = None
+        except UnicodeDecodeError as error:
+            bad_bytes = _not_valid_in(encoding, data, error.start)
             text = data.decode(encoding, errors="replace")
         data = data if encoding == "utf-8" and not bad_bytes else text.encode("utf-8")  # polars reads UTF-8
         if fmt == "csv":
@@ -127,6 +128,24 @@ def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pl.DataFrame, bool, l
         where = _first_bad_json_line(data) if fmt == "jsonl" and isinstance(e, pl.exceptions.PolarsError) else ""
         raise CatalogError(f"{path}: cannot be read as {fmt}: {where or str(e).splitlines()[0]}") from None
     return frame, bad_bytes, None
+
+
+def _not_valid_in(encoding: str, data: bytes, first_bad: int) -> str:
+    """Why a row with bad bytes is refused. For UTF-8, show how the first bad line reads in the usual Windows
+    encoding, so the user can see whether naming it is the fix (a guess from a few bytes is too often wrong)."""
+    if codecs.lookup(encoding).name != "utf-8":
+        return f"bytes that are not {encoding}"
+    candidate = "cp1252"
+    try:
+        data.decode(candidate)
+    except UnicodeDecodeError:
+        candidate = "latin-1"  # defines every byte; cp1252 leaves five undefined
+    start, end = data.rfind(b"\n", 0, first_bad) + 1, data.find(b"\n", first_bad)
+    line = data[max(start, first_bad - 30): first_bad + 30 if end < 0 else min(end, first_bad + 30)]
+    shown = line.decode(candidate).strip().replace("'", "\u2019")  # straight quotes delimit values in the summary
+    line_number = data.count(b"\n", 0, first_bad) + 1
+    return (f"bytes that are not UTF-8 (as {candidate}, the file's first such line, {line_number}, reads "
+            f"\u2018{shown}\u2019; if that is right, use --encoding {candidate})")
 
 
 def _read_ragged_csv(data: bytes, path: Path, error: Exception) -> tuple[pl.DataFrame, list[str | None]]:
@@ -297,7 +316,7 @@ def _category_path(raw: pl.DataFrame, columns: Columns) -> pl.Expr:
     return levels.list.eval(pl.element().filter(pl.element() != "")).list.join(" > ")
 
 
-def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: bool, bad_bytes: bool,
+def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: bool, bad_bytes: str | None,
             problems: list[str | None] | None = None) -> pl.Expr:
     """The first reason a row cannot be enriched, naming the row and the field; 'ok' otherwise."""
 
@@ -309,11 +328,10 @@ def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: 
         problem = pl.lit(pl.Series(problems, dtype=pl.String))
         rules.append((problem.is_not_null(), refused(problem)))
     if bad_bytes:
-        valid_in = "UTF-8 (another encoding? see --encoding)" if columns.encoding == "utf-8" else columns.encoding
         for name in checked:
             if name in raw.columns:
                 has_bad = pl.lit(raw[name].fill_null("").str.contains("\ufffd", literal=True))
-                rules.append((has_bad, refused(pl.lit(f"field '{name}': bytes that are not {valid_in}"))))
+                rules.append((has_bad, refused(pl.lit(f"field '{name}': {bad_bytes}"))))
     rules += [
         (pl.col("id") == "", refused(pl.lit(f"field '{columns.id}': empty id"))),
         (pl.col("row") != pl.col("first_row"),

@@ -90,12 +90,12 @@ def _package_versions() -> dict[str, str]:
 
 
 def _refusal_reasons(frame: pl.DataFrame) -> dict[str, int]:
-    """Counts of refusal reasons with the row number and quoted values taken out."""
+    """Counts of refusal reasons with the row and line numbers and the quoted values taken out."""
     reasons = (
         frame.filter(pl.col("status") != "ok")
         .select(
             pl.col("status")
-            .str.replace(r"^refused: row \d+ ", "")
+            .str.replace(r"^refused: row \d+ (\(line \d+\): )?", "")
             .str.replace_all(r"(: [^']*)'[^']*'", "${1}'…'")
             .alias("reason")
         )

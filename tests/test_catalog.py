@@ -114,8 +114,22 @@ def test_bytes_that_are_not_utf8_refuse_only_their_row(tmp_path):
     path.write_bytes(b"sku,name,orders\nx1,Caf\xe9 kitchen,3\nx2,Tea set,4\n")
     frame = load_catalog(path, Columns(id="sku", title="name", engagement="orders", brand=None, text=(), category=None),
                          reference=True)
-    assert frame["status"].to_list() == ["refused: row 1 field 'name': bytes that are not UTF-8 (another encoding? see"
-                                         " --encoding)", "ok"]
+    assert frame["status"].to_list() == ["refused: row 1 field 'name': bytes that are not UTF-8 (as cp1252, the file's first"
+                                         " such line, 2, reads \u2018x1,Caf\u00e9 kitchen,3\u2019; if that is right, use"
+                                         " --encoding cp1252)", "ok"]
+
+
+def test_the_not_utf8_refusal_shows_the_first_bad_line_as_latin1_where_cp1252_cannot_read_the_file(tmp_path):
+    """A byte cp1252 leaves undefined (0x81) means the file is not cp1252; latin-1 reads every byte. The line shown is
+    cut to 30 bytes either side of the first bad byte, and a straight quote in it is shown curly (the summary elides
+    what is between straight quotes)."""
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"sku,name,orders\nx1,Tea set,4\nx2," + b"a" * 40 + b" it's Gr\xfc\x81n " + b"b" * 40 + b",3\n")
+    frame = load_catalog(path, Columns(id="sku", title="name", engagement="orders", brand=None, text=(), category=None),
+                         reference=True)
+    assert frame["status"].to_list() == ["ok", "refused: row 2 field 'name': bytes that are not UTF-8 (as latin-1, the file's"
+                                         f" first such line, 3, reads \u2018{'a' * 22} it\u2019s Gr\u00fc\x81n {'b' * 26}\u2019;"
+                                         " if that is right, use --encoding latin-1)"]
 
 
 def test_a_catalog_in_another_encoding_reads_when_it_is_named(tmp_path, capsys):

@@ -1,13 +1,14 @@
 import json
 import shutil
+import time
 
 import numpy as np
 import polars as pl
 import pytest
 
 from enrich.cli import main
-from enrich.catalog import CatalogError
-from enrich.pipeline import OUTPUT_SCHEMA, IndexMismatch, ReferenceIndex, build_index
+from enrich.catalog import CatalogError, Columns, load_catalog
+from enrich.pipeline import OUTPUT_SCHEMA, IndexMismatch, ReferenceIndex, _summary, build_index
 
 def run_cli(capsys, *args):
     code = main([str(a) for a in args])
@@ -62,7 +63,8 @@ def test_bad_rows_are_accounted_for_in_the_output(sample_index, tmp_path, capsys
         "refused: row 2 field 'uniq_id': duplicate id 'n1' (first at row 1)",
         "refused: row 3 field 'product_name': empty title",
         "ok",
-        "refused: row 5 field 'product_name': bytes that are not UTF-8 (another encoding? see --encoding)",
+        "refused: row 5 field 'product_name': bytes that are not UTF-8 (as cp1252, the file's first such line, 6, reads"
+        " \u2018n5,Caf\u00e9 kitchen playset,KidKraft\u2019; if that is right, use --encoding cp1252)",
     ]
     assert out["neighbors"][0].count("|") == 9 and out["neighbors"][1] is None
     assert "5 rows read, 2 enriched, 3 refused" in err
@@ -340,3 +342,12 @@ def test_appended_embeddings_are_the_old_rows_then_the_new_in_chunks(tmp_path, m
     np.save(tmp_path / "old.npy", old)
     enrich.pipeline._save_appended(tmp_path / "new.npy", np.load(tmp_path / "old.npy", mmap_mode="r"), new)
     assert np.array_equal(np.load(tmp_path / "new.npy"), np.vstack([old, new]))
+
+
+def test_the_summary_counts_each_kind_of_refusal_once_whatever_its_row(tmp_path):
+    path = tmp_path / "ref.csv"
+    path.write_bytes(b"sku,name,orders\nx1,Tea set,4\nx2,Robot, blue,3\nx3,Kite,lots\nx4,Doll, red,2\nx5,Ball,many\n")
+    frame = load_catalog(path, Columns(id="sku", title="name", engagement="orders", brand=None, text=(), category=None),
+                         reference=True)
+    assert _summary(frame, time.perf_counter()).refused == {
+        "4 fields where the header has 3; an unquoted comma?": 2, "field 'orders': engagement '…' is not a number": 2}
