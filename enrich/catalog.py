@@ -22,7 +22,9 @@ import numpy as np
 import polars as pl
 from selectolax.lexbor import LexborHTMLParser
 
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".json": "jsonl"}
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 STANDARD_COLUMNS = ["row", "id", "title", "brand", "text", "category", "engagement", "status", "notes"]
 _HTML_HINT = re.compile(r"<[A-Za-z/!]|&(#\d+|#x[0-9A-Fa-f]+|[A-Za-z]+);")
 
@@ -43,6 +45,7 @@ class Columns:
     category: str | tuple[str, ...] | None = "category"  # path "A > B > C", or its level columns in order
     engagement: str | None = "engagement"  # orders / reviews / clicks; required in a reference catalog
     encoding: str = "utf-8"  # of a CSV or JSON Lines file: exports from older tools are often cp1252 or latin-1
+    delimiter: str | None = None  # of a CSV: None is a comma (a tab for .tsv); spreadsheets in many locales write ';'
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Columns":
@@ -75,6 +78,10 @@ class Columns:
                     value = codecs.lookup(value).name
                 except LookupError:
                     raise CatalogError(f"{source}: unknown encoding {value!r} (for example utf-8, cp1252, latin-1)") from None
+            elif key == "delimiter":
+                value = DELIMITER_NAMES.get(value, value)
+                if len(value) != 1 or value in "\"\r\n":
+                    raise CatalogError(f"{source}: the delimiter must be one character such as ';' or 'tab', not {value!r}")
             elif value == "" and key not in ("id", "title"):
                 value = None
             clean[key] = value
@@ -93,11 +100,16 @@ class CleaningConfig:
 def detect_format(path: Path) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise CatalogError(f"{path}: unknown format '{path.suffix}'; use .csv, .parquet or .jsonl")
+        raise CatalogError(f"{path}: unknown format '{path.suffix}'; use .csv (.tsv), .parquet or .jsonl")
     return fmt
 
 
-def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pl.DataFrame, str | None, list[str | None] | None]:
+def csv_delimiter(path: Path, delimiter: str | None) -> str:
+    return delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+def read_raw(path: Path, encoding: str = "utf-8", delimiter: str | None = None
+             ) -> tuple[pl.DataFrame, str | None, list[str | None] | None]:
     """All columns as strings; what is wrong with the file's bytes when some are not valid in `encoding` (they are
     replaced by U+FFFD; None when all are valid); and, for a CSV with rows polars cannot take (more fields than
     the header), each row's problem (else None)."""
@@ -117,9 +129,9 @@ def read_raw(path: Path, encoding: str = "utf-8") -> tuple[pl.DataFrame, str | N
         data = data if encoding == "utf-8" and not bad_bytes else text.encode("utf-8")  # polars reads UTF-8
         if fmt == "csv":
             try:
-                frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False)
+                frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False, separator=csv_delimiter(path, delimiter))
             except pl.exceptions.ComputeError as error:
-                frame, problems = _read_ragged_csv(data, path, error)
+                frame, problems = _read_ragged_csv(data, path, error, csv_delimiter(path, delimiter))
                 return frame, bad_bytes, problems
         else:
             frame = _as_strings(pl.read_ndjson(data, infer_schema_length=None) if data.strip() else pl.DataFrame())
@@ -148,10 +160,10 @@ def _not_valid_in(encoding: str, data: bytes, first_bad: int) -> str:
             f"\u2018{shown}\u2019; if that is right, use --encoding {candidate})")
 
 
-def _read_ragged_csv(data: bytes, path: Path, error: Exception) -> tuple[pl.DataFrame, list[str | None]]:
+def _read_ragged_csv(data: bytes, path: Path, error: Exception, delimiter: str) -> tuple[pl.DataFrame, list[str | None]]:
     """The slow path for a CSV polars refuses, usually a row with an unquoted comma: such rows are kept, cut to
     the header's width, with their problem, so that they are refused one by one and the rest go through."""
-    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True)
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True, delimiter=delimiter)
     try:
         header = next(reader, [])
         records, problems = [], []
@@ -160,7 +172,8 @@ def _read_ragged_csv(data: bytes, path: Path, error: Exception) -> tuple[pl.Data
             if record:
                 problem = None
                 if len(record) > len(header):
-                    problem = f"(line {start}): {len(record)} fields where the header has {len(header)}; an unquoted comma?"
+                    problem = (f"(line {start}): {len(record)} fields where the header has {len(header)}; an unquoted "
+                               f"{'comma' if delimiter == ',' else repr(delimiter)}?")
                 records.append(record[: len(header)] + [None] * (len(header) - len(record)))
                 problems.append(problem)
             start = reader.line_num + 1
@@ -240,12 +253,21 @@ def _check_columns(frame: pl.DataFrame, columns: Columns, path: Path, need_engag
         if name not in present:
             raise CatalogError(
                 f"{path}: no column '{name}' for the {role} (columns are: {', '.join(frame.columns) or 'none'});"
-                f" name it with --{role.split('[')[0]}-col or a --columns mapping file"
+                f" name it with --{role.split('[')[0]}-col or a --columns mapping file{_delimiter_hint(frame)}"
             )
     # An optional role left at its default name may be absent; one the user named must exist.
     for role, (name, default) in optional.items():
         if name and name not in present and name != default:
             raise CatalogError(f"{path}: no column '{name}' for the {role.split(' ')[0]} (columns are: {', '.join(frame.columns)})")
+
+
+def _delimiter_hint(frame: pl.DataFrame) -> str:
+    """A header read as one column that holds another separator is a file split by that separator."""
+    if frame.width == 1:
+        for name, character in (("';'", ";"), ("tab", "\t"), ("'|'", "|")):
+            if character in frame.columns[0]:
+                return f"; the header is one column: is the file separated by {name}? say so with --delimiter {name}"
+    return ""
 
 
 def _category_columns(columns: Columns) -> list[str]:
@@ -266,7 +288,7 @@ def load_catalog(
     for new listings the engagement column is ignored.
     """
     path = Path(path)
-    raw, bad_bytes, problems = read_raw(path, columns.encoding)
+    raw, bad_bytes, problems = read_raw(path, columns.encoding, columns.delimiter)
     if raw.width == 0:  # an empty JSON Lines file has no header to name its columns: zero rows of every role
         named = [columns.id, columns.title, columns.brand, *columns.text, *_category_columns(columns), columns.engagement]
         raw = pl.DataFrame(schema={name: pl.String for name in dict.fromkeys(n for n in named if n)})

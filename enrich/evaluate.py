@@ -65,8 +65,8 @@ def split_catalog(frame: pl.DataFrame, config: EvalConfig, dates: pl.Series | No
     return usable[np.sort(order[:-n_out])], usable[np.sort(order[-n_out:])]
 
 
-def _dates(path: Path, column: str, encoding: str) -> pl.Series:
-    raw, _, _ = read_raw(path, encoding)
+def _dates(path: Path, column: str, columns: Columns) -> pl.Series:
+    raw, _, _ = read_raw(path, columns.encoding, columns.delimiter)
     if column not in raw.columns:
         raise CatalogError(f"{path}: no column '{column}' for the date (columns are: {', '.join(raw.columns)})")
     parsed = raw[column].str.to_datetime(strict=False)
@@ -174,7 +174,7 @@ def evaluate(catalog: str | Path, columns: Columns, config: EvalConfig = EvalCon
     started = time.perf_counter()
     catalog = Path(catalog)
     frame = load_catalog(catalog, columns, enrich_config.cleaning, reference=True)
-    dates = _dates(catalog, config.date_column, columns.encoding) if config.date_column else None
+    dates = _dates(catalog, config.date_column, columns) if config.date_column else None
     reference, held_out = split_catalog(frame, config, dates)
     if reference.height < 2:
         raise CatalogError(f"{catalog}: too few usable listings to hold some out ({frame.height} rows)")

@@ -147,6 +147,34 @@ def test_a_catalog_in_another_encoding_reads_when_it_is_named(tmp_path, capsys):
         columns.updated(encoding="klingon")
 
 
+def test_a_spreadsheet_export_separated_by_semicolons_or_tabs_reads_like_a_comma_csv(tmp_path):
+    """Spreadsheets in many locales write ';'; a .tsv is split by tabs without being told."""
+    expected = load_catalog(write_rows(tmp_path / "c.csv", good_rows()), COLUMNS, reference=True)
+    pl.DataFrame(good_rows()).write_csv(tmp_path / "semi.csv", separator=";")
+    pl.DataFrame(good_rows()).write_csv(tmp_path / "tabs.tsv", separator="\t")
+    with pytest.raises(CatalogError, match="the header is one column: is the file separated by ';'\\? say so with --delimiter ';'"):
+        load_catalog(tmp_path / "semi.csv", COLUMNS, reference=True)
+    (tmp_path / "map.toml").write_text('id = "sku"\ntitle = "name"\nbrand = "maker"\ncategory = "path"\n'
+                                       'engagement = "orders"\ndelimiter = "semicolon"\n')
+    for frame in (load_catalog(tmp_path / "semi.csv", COLUMNS.updated(delimiter=";"), reference=True),
+                  load_catalog(tmp_path / "semi.csv", Columns.from_file(tmp_path / "map.toml"), reference=True),
+                  load_catalog(tmp_path / "tabs.tsv", COLUMNS, reference=True)):
+        assert frame.equals(expected)
+
+
+def test_a_row_with_a_stray_delimiter_names_that_delimiter(tmp_path):
+    (tmp_path / "semi.csv").write_text("sku;name;orders\nx1;Tea set;4\nx2;Robot; blue;3\n")
+    frame = load_catalog(tmp_path / "semi.csv", Columns(id="sku", title="name", engagement="orders", brand=None, text=(),
+                                                        category=None, delimiter=";"), reference=True)
+    assert frame["status"].to_list() == ["ok", "refused: row 2 (line 3): 4 fields where the header has 3; an unquoted ';'?"]
+
+
+@pytest.mark.parametrize("delimiter", [";;", "", "\n"])
+def test_a_delimiter_that_is_not_one_character_is_refused(delimiter):
+    with pytest.raises(CatalogError, match="the delimiter must be one character"):
+        COLUMNS.updated(delimiter=delimiter)
+
+
 def test_long_fields_are_truncated_with_a_note(tmp_path):
     rows = good_rows()
     rows["description"][1] = "word " * 1000
