@@ -8,7 +8,7 @@ CATALOG ?= ../shared/data/amazon_uk_toys/catalog.csv
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo describe finetune test eval bench bench-llm scale
+.PHONY: help setup demo describe finetune test eval bench bench-llm bench-tags scale
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ bench: ## the benchmark table on ../shared/data/amazon_uk_toys (out/bench.md, ou
 
 bench-llm: ## the LLM stage against the 110 hand-labelled listings in tests/data (out/bench-llm.md, .json)
 	$(BIN)/python -m enrich.bench --llm-only --out $(OUT) $(ARGS)
+
+bench-tags: ## a catalog's own tags (age band, batteries, assembly from with_descriptions.csv), tagger vs TF-IDF (out/bench-tags.md)
+	$(BIN)/python -m enrich.bench --tags-only --out $(OUT) $(ARGS)
 
 scale: ## time and peak memory of index, update and run at 100k synthetic listings; ARGS="--sizes 1000000 --index-only" for 1M
 	$(BIN)/python -m enrich.scale --catalog $(CATALOG) --out $(OUT) $(if $(ARGS),$(ARGS),--sizes 100000 --new 10000 --added 1000)

@@ -25,7 +25,8 @@ from selectolax.lexbor import LexborHTMLParser
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".json": "jsonl"}
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
-STANDARD_COLUMNS = ["row", "id", "title", "brand", "text", "category", "engagement", "status", "notes"]
+STANDARD_COLUMNS = ["row", "id", "title", "brand", "text", "category", "tags", "engagement", "status", "notes"]
+TAG_SEPARATORS = r"\s*[;|]\s*"  # "metal; ages 3+" or "metal|ages 3+"; a list column arrives joined with "; "
 _HTML_HINT = re.compile(r"<[A-Za-z/!]|&(#\d+|#x[0-9A-Fa-f]+|[A-Za-z]+);")
 
 
@@ -44,6 +45,7 @@ class Columns:
     text: tuple[str, ...] = ("description",)  # extra text columns (description, bullet points), optional
     category: str | tuple[str, ...] | None = "category"  # path "A > B > C", or its level columns in order
     engagement: str | None = "engagement"  # orders / reviews / clicks; required in a reference catalog
+    tags: str | None = "tags"  # the listing's own tags ("metal; ages 3+", or a list), optional; the tagger learns them
     encoding: str = "utf-8"  # of a CSV or JSON Lines file: exports from older tools are often cp1252 or latin-1
     delimiter: str | None = None  # of a CSV: None is a comma (a tab for .tsv); spreadsheets in many locales write ';'
 
@@ -230,6 +232,12 @@ def _clean(column: pl.Expr, form: str) -> pl.Expr:
     )
 
 
+def _tag_list(text: pl.Expr) -> pl.Expr:
+    """A tags field as a list: split, empty ones dropped, repeats removed, first order kept."""
+    return (text.str.replace_all(TAG_SEPARATORS, ";").str.split(";")
+            .list.eval(pl.element().filter(pl.element() != "").unique(maintain_order=True)))
+
+
 def _truncate(frame: pl.DataFrame, field: str, max_chars: int) -> pl.DataFrame:
     too_long = pl.col(field).str.len_chars() > max_chars
     note = pl.when(too_long).then(pl.lit(f"{field} truncated to {max_chars} chars; ")).otherwise(pl.lit(""))
@@ -243,7 +251,7 @@ def _check_columns(frame: pl.DataFrame, columns: Columns, path: Path, need_engag
             raise CatalogError(f"{path}: a reference catalog needs an engagement column (--engagement-col)")
         wanted["engagement"] = columns.engagement
     defaults = Columns()
-    optional = {"brand": (columns.brand, defaults.brand)}
+    optional = {"brand": (columns.brand, defaults.brand), "tags": (columns.tags, defaults.tags)}
     # New listings rarely come with a category; a reference catalog that names one must have it.
     for name in _category_columns(columns):
         optional[f"category ({name})"] = (name, defaults.category if need_engagement else name)
@@ -290,7 +298,7 @@ def load_catalog(
     path = Path(path)
     raw, bad_bytes, problems = read_raw(path, columns.encoding, columns.delimiter)
     if raw.width == 0:  # an empty JSON Lines file has no header to name its columns: zero rows of every role
-        named = [columns.id, columns.title, columns.brand, *columns.text, *_category_columns(columns), columns.engagement]
+        named = [columns.id, columns.title, columns.brand, *columns.text, *_category_columns(columns), columns.tags, columns.engagement]
         raw = pl.DataFrame(schema={name: pl.String for name in dict.fromkeys(n for n in named if n)})
     _check_columns(raw, columns, path, need_engagement=reference)
 
@@ -308,6 +316,7 @@ def load_catalog(
         _clean(col(columns.brand), form).alias("brand"),
         _clean(text, form).alias("text"),
         _clean(_category_path(raw, columns), form).alias("category"),
+        _tag_list(_clean(col(columns.tags), form)).alias("tags"),
         engagement_raw.str.strip_chars().alias("engagement_raw"),
         pl.lit("").alias("notes"),
     )
@@ -320,7 +329,7 @@ def load_catalog(
     )
     first_row = frame.group_by("id").agg(pl.col("row").min().alias("first_row"))
     frame = frame.join(first_row, on="id", how="left").sort("row")
-    checked = [c for c in [columns.id, columns.title, columns.brand, *text_cols, *_category_columns(columns)] if c]
+    checked = [c for c in [columns.id, columns.title, columns.brand, *text_cols, *_category_columns(columns), columns.tags] if c]
     if reference:
         checked.append(columns.engagement)
     frame = frame.with_columns(_status(raw, checked, columns, reference, bad_bytes, problems).alias("status"))

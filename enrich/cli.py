@@ -42,6 +42,7 @@ def _column_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--brand-col", help="brand / manufacturer column (default: brand)")
     group.add_argument("--text-cols", help="comma-separated extra text columns (default: description)")
     group.add_argument("--category-col", help="category path column 'A > B > C', or its level columns: a,b,c (default: category)")
+    group.add_argument("--tags-col", help="the listing's own tags, 'metal; ages 3+' or a list; `enrich finetune` learns them (default: tags)")
     group.add_argument("--engagement-col", help="engagement column: orders, reviews, clicks (default: engagement)")
     group.add_argument("--encoding", help="of a CSV or JSON Lines file, e.g. cp1252 or latin-1 (default: utf-8)")
     group.add_argument("--delimiter", help="of a CSV: ';', tab, '|' (default: a comma; a tab for .tsv)")
@@ -52,7 +53,7 @@ def _columns(args: argparse.Namespace) -> Columns:
     return columns.updated(
         source="flags", id=args.id_col, title=args.title_col, brand=args.brand_col,
         category=args.category_col.split(",") if args.category_col and "," in args.category_col else args.category_col,
-        engagement=args.engagement_col, text=args.text_cols.split(",") if args.text_cols is not None else None,
+        engagement=args.engagement_col, tags=args.tags_col, text=args.text_cols.split(",") if args.text_cols is not None else None,
         encoding=args.encoding, delimiter=args.delimiter,
     )
 

@@ -8,6 +8,8 @@ paths seen in training. The long tail is handled on purpose:
   sum of its leaves') gets its own loss, so rare leaves still teach their parents;
 - rare leaves are up-weighted (weight ~ count^-class_weight_power);
 - scores are calibrated by temperature scaling on the validation split, and the calibration error is saved.
+Where the catalog has its own tag lists (a `tags` column: "metal; ages 3+"), the same head also learns each tag
+seen at least `tag_min_count` times as a yes/no output (sigmoid, binary cross-entropy), after the paths.
 Seeded; early stopping on validation accuracy; a checkpoint after every epoch that a killed run resumes from.
 """
 
@@ -32,7 +34,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.embed import cpu_has_native_bf16, packaged_model_path
-from enrich.tagger import Hierarchy, Tagger, expected_calibration_error, softmax
+from enrich.tagger import TAG_PREFIX, Hierarchy, Tagger, expected_calibration_error, softmax
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -55,6 +57,9 @@ class FinetuneConfig:
     validation_share: float = 0.1  # held out for early stopping and calibration
     patience: int = 2  # epochs without a better validation accuracy before stopping
     min_level_score: float = 0.3  # predicted levels below this score are left off the tags
+    tag_min_count: int = 5  # a catalog's own tag is learned when this many training listings carry it
+    tag_loss_weight: float = 1.0  # weight of the tags' binary cross-entropy beside the path loss
+    tag_threshold: float = 0.5  # a tag is predicted when its probability reaches this
     seed: int = 0
     mixed_precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else no
 
@@ -133,6 +138,10 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     count_of = dict(zip(counts["category"].to_list(), counts["count"].to_list()))
     leaf_weights = np.array([max(count_of.get(label, 0), 1) ** -config.class_weight_power for label in labels])
     leaf_weights = leaf_weights / (leaf_weights * np.array([count_of.get(l, 0) for l in labels])).sum() * train.height
+    tag_counts = train["tags"].explode().drop_nulls().value_counts(sort=True)
+    tag_labels = sorted(t for t, n in zip(tag_counts["tags"].to_list(), tag_counts["count"].to_list()) if n >= config.tag_min_count)
+    tag_id = {tag: i for i, tag in enumerate(tag_labels)}
+    n_paths = len(labels)
 
     # split_batches: each process takes its share of one batch, so the number of optimizer steps, and with it the
     # learning-rate schedule, does not depend on how many processes there are.
@@ -145,11 +154,19 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     set_seed(config.seed)
     base = config.base_model or packaged_model_path()
     tokenizer = AutoTokenizer.from_pretrained(base)
+    # One head: the paths' logits (softmax), then one logit per tag (sigmoid), so the model stays a plain
+    # BertForSequenceClassification that transformers loads as it is.
+    outputs = labels + [TAG_PREFIX + tag for tag in tag_labels]
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_id)
+        base, num_labels=len(outputs), id2label=dict(enumerate(outputs)), label2id={o: i for i, o in enumerate(outputs)})
 
     def dataset(frame: pl.DataFrame) -> Dataset:
         data = Dataset.from_polars(frame.select("text", pl.col("category").replace_strict(label_id).alias("labels")))
+        if tag_labels:
+            targets = np.zeros((frame.height, len(tag_labels)), np.float32)
+            for row, tags in enumerate(frame["tags"].to_list()):
+                targets[row, [tag_id[t] for t in tags or [] if t in tag_id]] = 1.0
+            data = data.add_column("tag_targets", targets.tolist())
         return data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=config.max_length),
                         batched=True, remove_columns=["text"])
 
@@ -162,10 +179,17 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
                                   weight_decay=config.weight_decay)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * steps_per_epoch * config.epochs),
                               num_training_steps=steps_per_epoch * config.epochs)
-    loss_fn = HierarchicalLoss(hierarchy, leaf_weights, config.level_loss_weight)
+    path_loss = HierarchicalLoss(hierarchy, leaf_weights, config.level_loss_weight)
+
+    def loss_fn(logits: torch.Tensor, labels_batch: torch.Tensor, tag_targets: torch.Tensor | None) -> torch.Tensor:
+        loss = path_loss(logits[:, :n_paths], labels_batch)
+        if tag_targets is not None:
+            loss = loss + config.tag_loss_weight * torch.nn.functional.binary_cross_entropy_with_logits(
+                logits[:, n_paths:].float(), tag_targets.float())
+        return loss
     validation_loader = torch.utils.data.DataLoader(validation_data, batch_size=64 * processes, collate_fn=collate)
     model, optimizer, scheduler, validation_loader = accelerator.prepare(model, optimizer, scheduler, validation_loader)
-    loss_fn.to(accelerator.device)
+    path_loss.to(accelerator.device)
 
     state = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "optimizer_steps": 0, "history": [], "config": asdict(config)}
     checkpoints = out_dir / CHECKPOINTS
@@ -193,10 +217,10 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
         bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not progress or not accelerator.is_main_process,
                    unit="batch", leave=False)
         for batch in bar:
-            labels_batch = batch.pop("labels")
+            labels_batch, tag_targets = batch.pop("labels"), batch.pop("tag_targets", None)
             with accelerator.autocast():
                 logits = model(**batch).logits
-            loss = loss_fn(logits, labels_batch)
+            loss = loss_fn(logits, labels_batch, tag_targets)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -204,8 +228,8 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
             state["optimizer_steps"] += 1
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        val_logits, val_labels = _predict(model, validation_loader, accelerator)
-        accuracy = float((val_logits.argmax(1) == val_labels).mean())
+        val_logits, val_labels, _ = _predict(model, validation_loader, accelerator)
+        accuracy = float((val_logits[:, :n_paths].argmax(1) == val_labels).mean())
         state["history"].append({"epoch": epoch, "train_loss": total / max(len(loader), 1), "validation_accuracy": accuracy})
         if progress:
             accelerator.print(f"epoch {epoch}: train loss {total / max(len(loader), 1):.4f}, validation accuracy {accuracy:.4f}")
@@ -223,7 +247,8 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     # the main process writes the tagger. `best` stays, so running again on a finished folder writes it again.
     accelerator.wait_for_everyone()
     best = AutoModelForSequenceClassification.from_pretrained(checkpoints / "best").to(accelerator.device)
-    val_logits, val_labels = _predict(best, validation_loader, accelerator)
+    val_logits, val_labels, val_tags = _predict(best, validation_loader, accelerator)
+    val_logits, val_tag_logits = val_logits[:, :n_paths], val_logits[:, n_paths:]
     temperature = fit_temperature(val_logits, val_labels)
     metrics = {
         "validation_accuracy": float((val_logits.argmax(1) == val_labels).mean()),
@@ -239,9 +264,13 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
         "seconds": round(time.perf_counter() - started, 1),
         "history": state["history"],
     }
+    if tag_labels:
+        metrics["tags"] = tag_metrics(val_tag_logits, val_tags, config.tag_threshold)
     info = {"config": asdict(config), "base_model": "all-MiniLM-L6-v2" if config.base_model is None else config.base_model,
             "temperature": temperature, "min_level_score": config.min_level_score, "metrics": metrics,
             "label_counts": {label: int(count_of.get(label, 0)) for label in labels},
+            "tag_labels": tag_labels, "tag_threshold": config.tag_threshold,
+            "tag_counts": {tag: int(n) for tag, n in zip(tag_counts["tags"].to_list(), tag_counts["count"].to_list()) if tag in tag_id},
             "mixed_precision": accelerator.mixed_precision, "source": str(catalog), "columns": asdict(columns)}
     if accelerator.is_main_process:
         Tagger(best.cpu(), tokenizer, info).save(out_dir)
@@ -249,18 +278,30 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     return metrics
 
 
+def tag_metrics(tag_logits: np.ndarray, targets: np.ndarray, threshold: float) -> dict:
+    """Micro precision, recall and F1 of the tags predicted at `threshold`, and how many listings carry any."""
+    predicted = 1 / (1 + np.exp(-tag_logits)) >= threshold
+    hits, said, true = float((predicted & (targets > 0)).sum()), float(predicted.sum()), float((targets > 0).sum())
+    precision, recall = hits / max(said, 1), hits / max(true, 1)
+    return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+            "listings_with_tags": int((targets > 0).any(1).sum()), "tags": int(targets.shape[1])}
+
+
 @torch.inference_mode()
-def _predict(model, loader, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray]:
+def _predict(model, loader, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Logits, path labels and tag targets (None without tags), gathered from every process."""
     model.eval()
-    logits, labels = [], []
+    logits, labels, tags = [], [], []
     for batch in loader:
-        target = batch.pop("labels")
+        target, tag_targets = batch.pop("labels"), batch.pop("tag_targets", None)
         with accelerator.autocast():
             out = model(**batch).logits.float()
         out, target = accelerator.gather_for_metrics((out, target))
         logits.append(out.cpu().numpy())
         labels.append(target.cpu().numpy())
-    return np.concatenate(logits), np.concatenate(labels)
+        if tag_targets is not None:
+            tags.append(accelerator.gather_for_metrics(tag_targets).cpu().numpy())
+    return np.concatenate(logits), np.concatenate(labels), np.concatenate(tags) if tags else None
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

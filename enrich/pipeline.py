@@ -586,16 +586,23 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
         found = find_evidence(ok, index, encoder, config.index.candidates, progress)
     positions, sims = found.positions, found.sims
     given = ok["category"].to_list()
-    classifiers = classifier_scores(found, index, tagger, rows=np.flatnonzero([not c for c in given]))
+    # A tagger with the catalog's own tags reads every listing (for its tags), so its logits are computed once.
+    tagger_logits = tagger.logits(found.texts) if tagger is not None and tagger.tag_labels else None
+    classifiers = classifier_scores(found, index, tagger, rows=np.flatnonzero([not c for c in given]), tagger_logits=tagger_logits)
     votes = vote(index.categories[positions], sims, config.vote, classifiers, given)
+    tags, tag_scores = votes.tags, votes.tag_scores
+    if tagger_logits is not None:
+        catalog_tags = tagger.catalog_tags(found.texts, tagger_logits)
+        tags = [path + [t for t, _ in extra] for path, extra in zip(tags, catalog_tags)]
+        tag_scores = [path + [p for _, p in extra] for path, extra in zip(tag_scores, catalog_tags)]
     estimate = index.prior.predict(found.evidence)
     chosen = np.take_along_axis(positions, votes.order, 1)
     chosen_sims = np.take_along_axis(sims, votes.order, 1)
     enriched = pl.DataFrame({
         "category": votes.category,
         "category_score": votes.category_score,
-        "tags": votes.tags,
-        "tag_scores": votes.tag_scores,
+        "tags": tags,
+        "tag_scores": tag_scores,
         "neighbors": [index.ids[row].tolist() for row in chosen],
         "neighbor_scores": [np.round(row.astype(np.float64), 5).tolist() for row in chosen_sims],
         "exposure_prior": estimate.expected,
@@ -608,9 +615,9 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
 
 
 def classifier_scores(found: Found, index: ReferenceIndex, tagger: Tagger | None,
-                      rows: np.ndarray | None = None) -> list[ClassifierScores]:
+                      rows: np.ndarray | None = None, tagger_logits: np.ndarray | None = None) -> list[ClassifierScores]:
     """The classifiers' probabilities for `rows` of `found` (default all), zero rows for the rest: a listing that
-    came with a category is not read by them."""
+    came with a category is not read by them. `tagger_logits`: the tagger's for all of `found`, when computed."""
     rows = np.arange(len(found.texts)) if rows is None else rows
 
     def for_rows(labels: list[str], predict) -> np.ndarray:
@@ -625,7 +632,8 @@ def classifier_scores(found: Found, index: ReferenceIndex, tagger: Tagger | None
         out.append(ClassifierScores(model.labels, for_rows(model.labels, lambda rows: model.probabilities(found.lexical_rows[rows])),
                                     source="lexical"))
     if tagger is not None:
-        out.append(ClassifierScores(tagger.labels, for_rows(tagger.labels, lambda rows: tagger.probabilities([found.texts[i] for i in rows])),
+        out.append(ClassifierScores(tagger.labels, for_rows(tagger.labels, lambda rows: tagger.probabilities(
+            [found.texts[i] for i in rows], None if tagger_logits is None else tagger_logits[rows])),
                                     tagger.min_level_score, source="tagger"))
     return out
 

@@ -3,6 +3,7 @@
 A BertForSequenceClassification over full category paths (the leaves seen in training). Every level of
 the hierarchy is read off the same distribution, a prefix's probability being the sum of its leaves', so
 the predicted levels are always consistent with each other. Scores are temperature-calibrated.
+A tagger trained on a catalog with its own tag lists has, after the paths, one yes/no output per tag.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from enrich.embed import resolve_device_and_dtype, EncoderConfig  # noqa: E402
 from enrich.tags import PATH_SEPARATOR, path_levels  # noqa: E402
 
 TAGGER_FILE = "tagger.json"
+TAG_PREFIX = "tag: "  # how a catalog tag's output is named in the model's id2label, after the paths
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,9 @@ class Tagger:
         self.tokenizer = tokenizer
         self.info = info
         self.device = device
-        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.tag_labels = list(info.get("tag_labels", []))
+        self.tag_threshold = float(info.get("tag_threshold", 0.5))
+        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels - len(self.tag_labels))]
         self.hierarchy = Hierarchy(self.labels)
         self.temperature = float(info.get("temperature", 1.0))
         self.max_length = int(info["config"]["max_length"])
@@ -101,7 +105,7 @@ class Tagger:
 
     @torch.inference_mode()
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        out = np.zeros((len(texts), len(self.labels)), np.float32)
+        out = np.zeros((len(texts), self.model.config.num_labels), np.float32)
         if not texts:
             return out
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
@@ -112,9 +116,17 @@ class Tagger:
             out[idx] = self.model(**batch).logits.float().cpu().numpy()
         return out
 
-    def probabilities(self, texts: list[str]) -> np.ndarray:
-        """Calibrated leaf probabilities, (texts, labels)."""
-        return softmax(self.logits(texts) / self.temperature)
+    def probabilities(self, texts: list[str], logits: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated leaf probabilities, (texts, labels); from `logits` when the caller has them."""
+        logits = self.logits(texts) if logits is None else logits
+        return softmax(logits[:, : len(self.labels)] / self.temperature)
+
+    def catalog_tags(self, texts: list[str], logits: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+        """Per text, the catalog's own tags whose probability reaches the threshold, most probable first."""
+        logits = self.logits(texts) if logits is None else logits
+        probabilities = 1 / (1 + np.exp(-logits[:, len(self.labels):].astype(np.float64)))
+        return [[(self.tag_labels[j], float(row[j])) for j in np.argsort(-row, kind="stable") if row[j] >= self.tag_threshold]
+                for row in probabilities]
 
     def predict(self, texts: list[str]) -> list[list[Tag]]:
         """Per text, the most probable path's levels with their scores, top level first.

@@ -23,6 +23,21 @@ def small_catalog(tmp_path_factory, sample):
     return path
 
 
+@pytest.fixture(scope="module")
+def tagged_catalog(tmp_path_factory, small_catalog):
+    """The small catalog with tag lists of its own: 'party' and 'vehicle' follow the department, 'rare' is on one
+    listing only (too few to learn)."""
+    path = tmp_path_factory.mktemp("tagged") / "train.csv"
+    category = pl.col("amazon_category_and_sub_category")
+    frame = pl.read_csv(small_catalog, infer_schema=False).with_row_index()
+    frame.with_columns(pl.concat_str([
+        pl.when(category.str.starts_with("Party Supplies")).then(pl.lit("party")).otherwise(pl.lit("")),
+        pl.when(category.str.starts_with("Die-Cast")).then(pl.lit("vehicle")).otherwise(pl.lit("")),
+        pl.when(pl.col("index") == 0).then(pl.lit("rare")).otherwise(pl.lit("")),
+    ], separator="; ").alias("tags")).drop("index").write_csv(path)
+    return path
+
+
 def config(tiny_bert, **changes):
     settings = dict(base_model=tiny_bert, epochs=4, batch_size=16, learning_rate=1e-2, max_length=32, patience=5,
                     warmup_ratio=0.0, mixed_precision="no")
@@ -110,3 +125,19 @@ def test_running_again_on_a_finished_folder_writes_the_same_tagger(tiny_bert, sm
     after = weights(tmp_path / "m")
     assert again["validation_accuracy"] == first["validation_accuracy"]
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_catalog_with_its_own_tags_teaches_the_tagger_those_tags(tiny_bert, tagged_catalog, sample_columns, tmp_path):
+    metrics = finetune(tagged_catalog, tmp_path / "m", sample_columns, config(tiny_bert, epochs=8, tag_loss_weight=5.0), progress=False)
+    tagger = Tagger.load(tmp_path / "m")
+    assert tagger.tag_labels == ["party", "vehicle"]  # 'rare' is on one listing, under tag_min_count
+    assert tagger.model.config.num_labels == len(tagger.labels) + 2
+    assert all(not label.startswith("tag: ") for label in tagger.labels)
+    assert metrics["tags"]["f1"] >= 0.8, metrics["tags"]
+    frame = pl.read_csv(tagged_catalog, infer_schema=False)
+    texts = [f"{row['product_name']} | {row['manufacturer']}" for row in frame.head(40).iter_rows(named=True)]
+    truth = [[t for t in (row["tags"] or "").split("; ") if t in ("party", "vehicle")] for row in frame.head(40).iter_rows(named=True)]
+    predicted = [[tag for tag, _ in tags] for tags in tagger.catalog_tags(texts)]
+    assert sum(p == t for p, t in zip(predicted, truth)) >= 32
+    assert all(score >= tagger.tag_threshold for tags in tagger.catalog_tags(texts) for _, score in tags)
+    assert np.allclose(tagger.probabilities(texts).sum(1), 1.0, atol=1e-5)  # the paths' softmax leaves the tags out

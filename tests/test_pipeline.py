@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from enrich.cli import main
-from enrich.catalog import CatalogError, Columns, load_catalog
+from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
 from enrich.pipeline import OUTPUT_SCHEMA, IndexMismatch, ReferenceIndex, _summary, build_index
 
 def run_cli(capsys, *args):
@@ -146,6 +146,37 @@ def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, tiny_
         assert category.split(" > ")[: len(tags)] == tags  # a shallower fallback is still a prefix of the path
     manifest = json.loads((tmp_path / "out.parquet.manifest.json").read_text())
     assert manifest["tagger"]["path"] == str(tiny_tagger) and "temperature" in manifest["tagger"]["metrics"]
+
+
+def test_a_tagger_that_learned_the_catalogs_own_tags_adds_them_after_the_path(sample_index, sample, tiny_bert,
+                                                                                sample_columns, tmp_path, capsys):
+    from enrich.finetune import FinetuneConfig, finetune
+    from enrich.tagger import Tagger
+
+    category = pl.col("amazon_category_and_sub_category")
+    reference = pl.read_csv(sample["reference"], infer_schema=False).filter(category.is_not_null())
+    top = reference["amazon_category_and_sub_category"].value_counts(sort=True).head(8)["amazon_category_and_sub_category"]
+    reference.filter(category.is_in(top.implode())).with_columns(pl.concat_str([
+        pl.when(category.str.starts_with("Party Supplies")).then(pl.lit("party")).otherwise(pl.lit("")),
+        pl.when(category.str.starts_with("Die-Cast")).then(pl.lit("vehicle")).otherwise(pl.lit("")),
+    ], separator="|").alias("tags")).write_csv(tmp_path / "tagged.csv")
+    finetune(tmp_path / "tagged.csv", tmp_path / "tagger", sample_columns, FinetuneConfig(
+        base_model=tiny_bert, epochs=8, batch_size=16, learning_rate=1e-2, max_length=32, warmup_ratio=0.0, patience=8,
+        mixed_precision="no", tag_loss_weight=5.0), progress=False)
+    tagger = Tagger.load(tmp_path / "tagger")
+    assert tagger.tag_labels == ["party", "vehicle"] and tagger.info["metrics"]["tags"]["f1"] >= 0.8
+    folder, _ = sample_index
+    code, err = run_cli(capsys, "run", sample["new"], "--index", folder, "--model", tmp_path / "tagger",
+                        "--out", tmp_path / "out.parquet", "--columns", sample["columns"], "--quiet")
+    assert code == 0, err
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    texts = listing_texts(load_catalog(sample["new"], sample_columns, reference=False))
+    expected = tagger.catalog_tags(texts)
+    assert sum(bool(e) for e in expected) >= 10
+    for tags, scores, category, own in zip(out["tags"].to_list(), out["tag_scores"].to_list(), out["category"].to_list(), expected):
+        levels = len(tags) - len(own)
+        assert tags[:levels] == category.split(" > ")[:levels]  # the path's levels first
+        assert tags[levels:] == [t for t, _ in own] and np.allclose(scores[levels:], [p for _, p in own], atol=1e-4)
 
 
 def test_a_new_listing_keeps_the_category_it_came_with(sample_index, sample, tmp_path, capsys):
