@@ -71,3 +71,15 @@ def test_synthetic_listings_recombine_the_real_catalog(amazon_catalog):
     assert set(made["manufacturer"].drop_nulls()) <= set(real["manufacturer"].drop_nulls())
     assert made["product_name"].str.len_chars().min() > 0
     assert made["product_name"].n_unique() > 450  # recombined, not copied
+
+
+def test_the_tags_benchmark_reads_age_bands_and_facts_from_amazon_technical_details():
+    from enrich.bench import product_information_tags
+
+    details = ("Technical Details Item Weight1.2 Kg Manufacturer recommended age:8 years and up Assembly RequiredYes "
+               "Batteries Required?No Batteries Included?Yes Remote Control Included?No")
+    assert product_information_tags(details) == ["ages 8-11", "batteries included", "assembly required"]
+    assert product_information_tags("Manufacturer recommended age:36 months - 8 years") == ["ages 3-4"]
+    assert product_information_tags("Manufacturer recommended age:14 years and up") == ["ages 12+"]
+    assert product_information_tags("Manufacturer recommended age:18 months") == ["ages 0-2"]
+    assert product_information_tags(None) == [] and product_information_tags("Item Weight 9 g") == []
