@@ -212,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                      f" best {metrics['best_epoch']}): validation accuracy {metrics['validation_accuracy']:.3f},"
                      f" calibration error {metrics['calibration_error_before']:.3f} -> {metrics['calibration_error_after']:.3f}",
                      f"model written to {args.out}"]
+            if "tags" in metrics:
+                t = metrics["tags"]
+                lines.insert(1, f"  the catalog's own tags: {t['tags']} learned; validation precision {t['precision']:.3f},"
+                                f" recall {t['recall']:.3f}, F1 {t['f1']:.3f}")
             if not PartialState().is_main_process:  # under `accelerate launch` every process returns; one summary
                 lines = []
         elif args.command == "attributes":
