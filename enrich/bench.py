@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
+from sklearn.metrics import f1_score
 
 from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.embed import Encoder, EncoderConfig, cpu_has_native_bf16, packaged_model_path
@@ -34,7 +35,7 @@ from enrich.pipeline import (
     ReferenceIndex, build_index, build_index_from_frame, classifier_scores, enrich_frame, find_evidence,
     reference_evidence,
 )
-from enrich.finetune import FinetuneConfig, finetune, training_data
+from enrich.finetune import FinetuneConfig, finetune, micro_scores, training_data
 from enrich.prior import FEATURES, Evidence, cross_fitted_text_model
 from enrich.sample import AMAZON_COLUMNS
 from enrich.tagger import Tagger
@@ -493,25 +494,19 @@ def tags_benchmark(descriptions: Path = DESCRIPTIONS, seed: int = 0, config: Fin
         train = load_catalog(train_path, DESCRIPTION_COLUMNS).filter(pl.col("status") == "ok")
         test = load_catalog(test_path, DESCRIPTION_COLUMNS).filter(pl.col("status") == "ok")
     vocabulary = tagger.tag_labels
-    truth = np.array([[tag in tags for tag in vocabulary] for tags in test["tags"].to_list()])
-    ours = [[tag for tag, _ in tags] for tags in tagger.catalog_tags(listing_texts(test))]
-    predicted = {"enrich tagger": np.array([[tag in tags for tag in vocabulary] for tags in ours])}
+    as_matrix = lambda tag_lists: np.array([[tag in tags for tag in vocabulary] for tags in tag_lists], dtype=bool)
+    truth = as_matrix(test["tags"].to_list())
+    predicted = {"enrich tagger": as_matrix([[tag for tag, _ in tags] for tags in tagger.catalog_tags(listing_texts(test))])}
     tfidf = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2)).fit(listing_texts(train))
-    train_truth = np.array([[tag in tags for tag in vocabulary] for tags in train["tags"].to_list()])
-    baseline = OneVsRestClassifier(LogisticRegression(C=10.0, max_iter=1000)).fit(tfidf.transform(listing_texts(train)), train_truth)
+    baseline = OneVsRestClassifier(LogisticRegression(C=10.0, max_iter=1000)).fit(
+        tfidf.transform(listing_texts(train)), as_matrix(train["tags"].to_list()))
     predicted["TF-IDF + one-vs-rest LR"] = baseline.predict_proba(tfidf.transform(listing_texts(test))) >= 0.5
-
-    def scores(guess: np.ndarray, true: np.ndarray) -> dict:
-        hits = float((guess & true).sum())
-        precision, recall = hits / max(guess.sum(), 1), hits / max(true.sum(), 1)
-        return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(precision + recall, 1e-12)}
-
     return {
         "listings": {"train": train.height, "test": test.height}, "tags": vocabulary,
         "tag_counts_test": {tag: int(n) for tag, n in zip(vocabulary, truth.sum(0))},
         "fine_tune_seconds": round(seconds, 1), "settings": asdict(config),
-        "micro": {name: scores(guess, truth) for name, guess in predicted.items()},
-        "per_tag_f1": {name: {tag: scores(guess[:, j], truth[:, j])["f1"] for j, tag in enumerate(vocabulary)}
+        "micro": {name: micro_scores(guess, truth) for name, guess in predicted.items()},
+        "per_tag_f1": {name: dict(zip(vocabulary, f1_score(truth, guess, average=None, zero_division=0).tolist()))
                        for name, guess in predicted.items()},
     }
 

@@ -120,7 +120,7 @@ def read_raw(path: Path, encoding: str = "utf-8", delimiter: str | None = None
     fmt = detect_format(path)
     try:
         if fmt == "parquet":
-            return _as_strings(pl.read_parquet(path)), False, None
+            return _as_strings(pl.read_parquet(path)), None, None
         data = path.read_bytes()
         try:
             text = data.decode(encoding)
@@ -130,10 +130,11 @@ def read_raw(path: Path, encoding: str = "utf-8", delimiter: str | None = None
             text = data.decode(encoding, errors="replace")
         data = data if encoding == "utf-8" and not bad_bytes else text.encode("utf-8")  # polars reads UTF-8
         if fmt == "csv":
+            separator = csv_delimiter(path, delimiter)
             try:
-                frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False, separator=csv_delimiter(path, delimiter))
+                frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False, separator=separator)
             except pl.exceptions.ComputeError as error:
-                frame, problems = _read_ragged_csv(data, path, error, csv_delimiter(path, delimiter))
+                frame, problems = _read_ragged_csv(data, path, error, separator)
                 return frame, bad_bytes, problems
         else:
             frame = _as_strings(pl.read_ndjson(data, infer_schema_length=None) if data.strip() else pl.DataFrame())

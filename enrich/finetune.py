@@ -29,6 +29,8 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import Dataset
 from scipy.optimize import minimize_scalar
+from scipy.special import expit
+from sklearn.metrics import precision_recall_fscore_support
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
@@ -278,12 +280,15 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     return metrics
 
 
+def micro_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
+    """Micro precision, recall and F1 of (listings, tags) yes/no predictions against the truth (0 where undefined)."""
+    precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average="micro", zero_division=0)
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
 def tag_metrics(tag_logits: np.ndarray, targets: np.ndarray, threshold: float) -> dict:
     """Micro precision, recall and F1 of the tags predicted at `threshold`, and how many listings carry any."""
-    predicted = 1 / (1 + np.exp(-tag_logits)) >= threshold
-    hits, said, true = float((predicted & (targets > 0)).sum()), float(predicted.sum()), float((targets > 0).sum())
-    precision, recall = hits / max(said, 1), hits / max(true, 1)
-    return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+    return {**micro_scores(expit(tag_logits) >= threshold, targets > 0),
             "listings_with_tags": int((targets > 0).any(1).sum()), "tags": int(targets.shape[1])}
 
 

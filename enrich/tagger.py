@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -124,7 +125,7 @@ class Tagger:
     def catalog_tags(self, texts: list[str], logits: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
         """Per text, the catalog's own tags whose probability reaches the threshold, most probable first."""
         logits = self.logits(texts) if logits is None else logits
-        probabilities = 1 / (1 + np.exp(-logits[:, len(self.labels):].astype(np.float64)))
+        probabilities = expit(logits[:, len(self.labels):].astype(np.float64))
         return [[(self.tag_labels[j], float(row[j])) for j in np.argsort(-row, kind="stable") if row[j] >= self.tag_threshold]
                 for row in probabilities]
 
