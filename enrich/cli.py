@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 
 
-def _quiet_hugging_face() -> None:
+def quiet_hugging_face() -> None:
     """Hugging Face's own bars and notices ("Loading weights", "Writing model shards", the new head's load report)
     would bury enrich's progress and summary; set these variables to 0 / warning to see them again. Libraries
     imported before this module (`python -m enrich.finetune` imports transformers first) are told directly."""
@@ -28,7 +28,7 @@ def _quiet_hugging_face() -> None:
         datasets.disable_progress_bars()
 
 
-_quiet_hugging_face()
+quiet_hugging_face()
 
 from enrich.catalog import CatalogError, Columns
 from enrich.taxonomy import TaxonomyConfig
@@ -172,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("id", help="the listing's id")
     explain.add_argument("--input", required=True, help="the new listings file that holds it")
     explain.add_argument("--index", required=True, help="index folder from `enrich index`")
+    explain.add_argument("--model", help="a fine-tuned tagger folder, as for `enrich run`; default: the index's")
     _column_flags(explain)
     return parser
 
@@ -214,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"model written to {args.out}"]
             if "tags" in metrics:
                 t = metrics["tags"]
-                lines.insert(1, f"  the catalog's own tags: {t['tags']} learned; validation precision {t['precision']:.3f},"
-                                f" recall {t['recall']:.3f}, F1 {t['f1']:.3f}")
+                chosen = "chosen on validation" if t["chosen_on_validation"] else "given"
+                lines.insert(1, f"  the catalog's own tags: {t['tags']} learned; at threshold {t['threshold']:.2f} ({chosen})"
+                                f" validation precision {t['precision']:.3f}, recall {t['recall']:.3f}, F1 {t['f1']:.3f}")
             if not PartialState().is_main_process:  # under `accelerate launch` every process returns; one summary
                 lines = []
         elif args.command == "attributes":
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "explain":
             from enrich.explain import explain
 
-            print(explain(args.id, args.input, args.index, columns))
+            print(explain(args.id, args.input, args.index, columns, tagger_dir=args.model))
             lines = []
         else:
             config = EnrichConfig()

@@ -8,14 +8,17 @@ import numpy as np
 import polars as pl
 
 from enrich.catalog import CatalogError, Columns, load_catalog
-from enrich.pipeline import EnrichConfig, ReferenceIndex, classifier_scores, encoder_for, find_evidence, recorded_tagger
+from enrich.pipeline import (
+    EnrichConfig, ReferenceIndex, classifier_scores, encoder_for, enrich_frame, find_evidence, recorded_tagger,
+)
 from enrich.prior import FEATURES
 from enrich.tagger import Tagger
 from enrich.tags import category_shares, vote
 
 
 def explain(listing_id: str, new_path: str | Path, index_dir: str | Path, columns: Columns = Columns(),
-            config: EnrichConfig = EnrichConfig(), alternatives: int = 5) -> str:
+            config: EnrichConfig = EnrichConfig(), alternatives: int = 5, tagger_dir: str | Path | None = None) -> str:
+    """The explanation as text; `tagger_dir` as `enrich run --model` (default: the one the index names)."""
     frame = load_catalog(new_path, columns, config.cleaning, reference=False)
     rows = frame.filter(pl.col("id") == listing_id)
     if rows.height == 0:
@@ -28,8 +31,9 @@ def explain(listing_id: str, new_path: str | Path, index_dir: str | Path, column
     index = ReferenceIndex.load(index_dir, encoder)
     found = find_evidence(rows.head(1), index, encoder, index.neighbors.config.candidates)
     positions, sims = found.positions[0], found.sims[0]
-    tagger_dir = recorded_tagger(index)
-    classifiers = classifier_scores(found, index, Tagger.load(tagger_dir) if tagger_dir else None)
+    tagger_dir = tagger_dir or recorded_tagger(index)
+    tagger = Tagger.load(tagger_dir) if tagger_dir else None
+    classifiers = classifier_scores(found, index, tagger)
     votes = vote(index.categories[positions][None, :], sims[None, :], config.vote, classifiers, [listing["category"]])
     shares = category_shares(index.categories[positions], sims, config.vote.temperature)
 
@@ -43,6 +47,16 @@ def explain(listing_id: str, new_path: str | Path, index_dir: str | Path, column
         lines += [f"  {name} (weight {config.vote.weight(classifier.source):g}):"]
         probabilities = classifier.probabilities[0]
         lines += [f"    {probabilities[j]:6.1%}  {classifier.labels[j]}" for j in np.argsort(-probabilities)[:alternatives]]
+
+    written = enrich_frame(rows.head(1), index, encoder, config, tagger=tagger, found=found).row(0, named=True)
+    lines += ["", "tags, as `enrich run` writes them (the path's levels, then the listing's own tags): "
+              + ", ".join(f"{tag} ({score:.2f})" for tag, score in zip(written["tags"], written["tag_scores"]))]
+    if listing["tags"]:
+        lines.append(f"  its own tags came with the listing and are kept: {', '.join(listing['tags'])}")
+    elif tagger is not None and tagger.tag_labels:
+        probabilities = tagger.tag_probabilities(found.texts)[0]
+        lines.append(f"  the tagger's probabilities for the catalog's tags (written from {tagger.tag_threshold:.2f}):")
+        lines += [f"    {probabilities[j]:6.1%}  {tagger.tag_labels[j]}" for j in np.argsort(-probabilities)[:alternatives]]
 
     reference = index.reference
     lines += ["", "neighbours (in output order): cosine, engagement, category, title"]

@@ -9,8 +9,10 @@ paths seen in training. The long tail is handled on purpose:
 - rare leaves are up-weighted (weight ~ count^-class_weight_power);
 - scores are calibrated by temperature scaling on the validation split, and the calibration error is saved.
 Where the catalog has its own tag lists (a `tags` column: "metal; ages 3+"), the same head also learns each tag
-seen at least `tag_min_count` times as a yes/no output (sigmoid, binary cross-entropy), after the paths.
-Seeded; early stopping on validation accuracy; a checkpoint after every epoch that a killed run resumes from.
+seen at least `tag_min_count` times as a yes/no output (sigmoid, binary cross-entropy), after the paths; one
+threshold for them all is chosen on the validation split (the micro F1's best) unless `tag_threshold` is given.
+Seeded; early stopping on the validation score (path accuracy, averaged with the tags' micro average precision
+where there are tags); a checkpoint after every epoch that a killed run resumes from.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import Dataset
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
-from sklearn.metrics import precision_recall_fscore_support
+from sklearn.metrics import average_precision_score, precision_recall_curve, precision_recall_fscore_support
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
@@ -57,11 +59,11 @@ class FinetuneConfig:
     level_loss_weight: float = 0.5  # weight of each parent level's loss beside the leaf loss
     class_weight_power: float = 0.5  # leaf weight ~ count^-power: 0 none, 1 inverse frequency
     validation_share: float = 0.1  # held out for early stopping and calibration
-    patience: int = 2  # epochs without a better validation accuracy before stopping
+    patience: int = 2  # epochs without a better validation score before stopping
     min_level_score: float = 0.3  # predicted levels below this score are left off the tags
     tag_min_count: int = 5  # a catalog's own tag is learned when this many training listings carry it
     tag_loss_weight: float = 1.0  # weight of the tags' binary cross-entropy beside the path loss
-    tag_threshold: float = 0.5  # a tag is predicted when its probability reaches this
+    tag_threshold: float | None = None  # a tag is predicted when its probability reaches this; None: chosen on validation
     seed: int = 0
     mixed_precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else no
 
@@ -193,7 +195,7 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     model, optimizer, scheduler, validation_loader = accelerator.prepare(model, optimizer, scheduler, validation_loader)
     path_loss.to(accelerator.device)
 
-    state = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "optimizer_steps": 0, "history": [], "config": asdict(config)}
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "optimizer_steps": 0, "history": [], "config": asdict(config)}
     checkpoints = out_dir / CHECKPOINTS
     if (checkpoints / STATE_FILE).exists():
         saved = json.loads((checkpoints / STATE_FILE).read_text())
@@ -230,13 +232,14 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
             state["optimizer_steps"] += 1
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        val_logits, val_labels, _ = _predict(model, validation_loader, accelerator)
-        accuracy = float((val_logits[:, :n_paths].argmax(1) == val_labels).mean())
-        state["history"].append({"epoch": epoch, "train_loss": total / max(len(loader), 1), "validation_accuracy": accuracy})
+        val_logits, val_labels, val_tags = _predict(model, validation_loader, accelerator)
+        scores = validation_scores(val_logits, val_labels, val_tags, n_paths)
+        state["history"].append({"epoch": epoch, "train_loss": total / max(len(loader), 1), **scores})
         if progress:
-            accelerator.print(f"epoch {epoch}: train loss {total / max(len(loader), 1):.4f}, validation accuracy {accuracy:.4f}")
-        if accuracy > state["best_accuracy"]:
-            state["best_accuracy"], state["best_epoch"] = accuracy, epoch
+            accelerator.print(f"epoch {epoch}: train loss {total / max(len(loader), 1):.4f}, "
+                              + ", ".join(f"{name.replace('_', ' ')} {value:.4f}" for name, value in scores.items()))
+        if scores["validation_score"] > state["best_score"]:
+            state["best_score"], state["best_epoch"] = scores["validation_score"], epoch
             if accelerator.is_main_process:
                 accelerator.unwrap_model(model).save_pretrained(checkpoints / "best", safe_serialization=True)
         state["epoch"] = epoch
@@ -266,12 +269,16 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
         "seconds": round(time.perf_counter() - started, 1),
         "history": state["history"],
     }
+    tag_threshold = config.tag_threshold
     if tag_labels:
-        metrics["tags"] = tag_metrics(val_tag_logits, val_tags, config.tag_threshold)
+        tag_threshold = best_tag_threshold(expit(val_tag_logits), val_tags) if tag_threshold is None else tag_threshold
+        metrics["tags"] = {**tag_metrics(val_tag_logits, val_tags, tag_threshold), "threshold": tag_threshold,
+                           "chosen_on_validation": config.tag_threshold is None,
+                           "at_0.5": tag_metrics(val_tag_logits, val_tags, 0.5)}
     info = {"config": asdict(config), "base_model": "all-MiniLM-L6-v2" if config.base_model is None else config.base_model,
             "temperature": temperature, "min_level_score": config.min_level_score, "metrics": metrics,
             "label_counts": {label: int(count_of.get(label, 0)) for label in labels},
-            "tag_labels": tag_labels, "tag_threshold": config.tag_threshold,
+            "tag_labels": tag_labels, "tag_threshold": tag_threshold,
             "tag_counts": {tag: int(n) for tag, n in zip(tag_counts["tags"].to_list(), tag_counts["count"].to_list()) if tag in tag_id},
             "mixed_precision": accelerator.mixed_precision, "source": str(catalog), "columns": asdict(columns)}
     if accelerator.is_main_process:
@@ -284,6 +291,27 @@ def micro_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
     """Micro precision, recall and F1 of (listings, tags) yes/no predictions against the truth (0 where undefined)."""
     precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average="micro", zero_division=0)
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def validation_scores(logits: np.ndarray, labels: np.ndarray, tag_targets: np.ndarray | None, n_paths: int) -> dict:
+    """Path accuracy and, with tags, their micro average precision (threshold-free); `validation_score`, what early
+    stopping follows, is the accuracy, or the mean of both so that the kept epoch is good at tags too."""
+    scores = {"validation_accuracy": float((logits[:, :n_paths].argmax(1) == labels).mean())}
+    if tag_targets is not None and tag_targets.any():
+        scores["validation_tag_average_precision"] = float(average_precision_score(
+            tag_targets.ravel() > 0, logits[:, n_paths:].ravel()))
+    return {**scores, "validation_score": float(np.mean(list(scores.values())))}
+
+
+def best_tag_threshold(probabilities: np.ndarray, targets: np.ndarray, fallback: float = 0.5) -> float:
+    """The probability threshold with the best micro F1 over every (listing, tag) pair; `fallback` when no pair is
+    a yes. One threshold for all tags: a validation split holds too few listings per rare tag to set one each."""
+    truth = targets.ravel() > 0
+    if not truth.any():
+        return fallback
+    precision, recall, thresholds = precision_recall_curve(truth, probabilities.ravel())
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
 def tag_metrics(tag_logits: np.ndarray, targets: np.ndarray, threshold: float) -> dict:

@@ -590,11 +590,12 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
     tagger_logits = tagger.logits(found.texts) if tagger is not None and tagger.tag_labels else None
     classifiers = classifier_scores(found, index, tagger, rows=np.flatnonzero([not c for c in given]), tagger_logits=tagger_logits)
     votes = vote(index.categories[positions], sims, config.vote, classifiers, given)
-    tags, tag_scores = votes.tags, votes.tag_scores
-    if tagger_logits is not None:
-        catalog_tags = tagger.catalog_tags(found.texts, tagger_logits)
-        tags = [path + [t for t, _ in extra] for path, extra in zip(tags, catalog_tags)]
-        tag_scores = [path + [p for _, p in extra] for path, extra in zip(tag_scores, catalog_tags)]
+    # After the path's levels, the listing's own tags: as given (score 1), like a given category, or else the
+    # tagger's prediction of the catalog's tags where it learned some.
+    predicted = tagger.catalog_tags(found.texts, tagger_logits) if tagger_logits is not None else [[]] * ok.height
+    catalog_tags = [[(t, 1.0) for t in mine] if mine else guess for mine, guess in zip(ok["tags"].to_list(), predicted)]
+    tags = [path + [t for t, _ in extra] for path, extra in zip(votes.tags, catalog_tags)]
+    tag_scores = [path + [p for _, p in extra] for path, extra in zip(votes.tag_scores, catalog_tags)]
     estimate = index.prior.predict(found.evidence)
     chosen = np.take_along_axis(positions, votes.order, 1)
     chosen_sims = np.take_along_axis(sims, votes.order, 1)

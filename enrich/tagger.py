@@ -76,7 +76,8 @@ class Tagger:
         self.info = info
         self.device = device
         self.tag_labels = list(info.get("tag_labels", []))
-        self.tag_threshold = float(info.get("tag_threshold", 0.5))
+        threshold = info.get("tag_threshold")  # None in a tagger without tags
+        self.tag_threshold = 0.5 if threshold is None else float(threshold)
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels - len(self.tag_labels))]
         self.hierarchy = Hierarchy(self.labels)
         self.temperature = float(info.get("temperature", 1.0))
@@ -122,10 +123,14 @@ class Tagger:
         logits = self.logits(texts) if logits is None else logits
         return softmax(logits[:, : len(self.labels)] / self.temperature)
 
+    def tag_probabilities(self, texts: list[str], logits: np.ndarray | None = None) -> np.ndarray:
+        """The catalog's own tags' probabilities, (texts, tag_labels); from `logits` when the caller has them."""
+        logits = self.logits(texts) if logits is None else logits
+        return expit(logits[:, len(self.labels):].astype(np.float64))
+
     def catalog_tags(self, texts: list[str], logits: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
         """Per text, the catalog's own tags whose probability reaches the threshold, most probable first."""
-        logits = self.logits(texts) if logits is None else logits
-        probabilities = expit(logits[:, len(self.labels):].astype(np.float64))
+        probabilities = self.tag_probabilities(texts, logits)
         return [[(self.tag_labels[j], float(row[j])) for j in np.argsort(-row, kind="stable") if row[j] >= self.tag_threshold]
                 for row in probabilities]
 

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from safetensors.numpy import load_file
 
-from enrich.finetune import FinetuneConfig, finetune, training_data
+from enrich.finetune import FinetuneConfig, best_tag_threshold, finetune, training_data, validation_scores
 from enrich.tagger import Tagger
 
 
@@ -140,4 +140,25 @@ def test_a_catalog_with_its_own_tags_teaches_the_tagger_those_tags(tiny_bert, ta
     predicted = [[tag for tag, _ in tags] for tags in tagger.catalog_tags(texts)]
     assert sum(p == t for p, t in zip(predicted, truth)) >= 32
     assert all(score >= tagger.tag_threshold for tags in tagger.catalog_tags(texts) for _, score in tags)
+    # The threshold was chosen on the validation split, and early stopping followed the tags as well as the paths.
+    assert metrics["tags"]["chosen_on_validation"] and tagger.tag_threshold == metrics["tags"]["threshold"]
+    assert metrics["tags"]["f1"] >= metrics["tags"]["at_0.5"]["f1"]
+    assert all("validation_tag_average_precision" in h for h in metrics["history"])
     assert np.allclose(tagger.probabilities(texts).sum(1), 1.0, atol=1e-5)  # the paths' softmax leaves the tags out
+
+
+def test_the_tag_threshold_is_the_one_with_the_best_micro_f1():
+    truth = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
+    probabilities = np.array([[0.9, 0.2], [0.4, 0.1], [0.3, 0.35], [0.2, 0.05]])
+    threshold = best_tag_threshold(probabilities, truth)
+    assert threshold == 0.35  # 0.9, 0.4 and 0.35 are the three yeses and nothing else reaches 0.35
+    assert best_tag_threshold(probabilities, np.zeros_like(truth)) == 0.5  # no yes to choose by
+
+
+def test_early_stopping_follows_the_tags_only_where_there_are_tags():
+    logits = np.array([[2.0, 0.0, 3.0], [0.0, 2.0, -3.0]])  # two paths, then one tag
+    labels = np.array([0, 0])
+    alone = validation_scores(logits[:, :2], labels, None, 2)
+    assert alone == {"validation_accuracy": 0.5, "validation_score": 0.5}
+    both = validation_scores(logits, labels, np.array([[1.0], [0.0]]), 2)
+    assert both["validation_tag_average_precision"] == 1.0 and both["validation_score"] == 0.75

@@ -178,6 +178,30 @@ def test_a_tagger_that_learned_the_catalogs_own_tags_adds_them_after_the_path(sa
         assert tags[:levels] == category.split(" > ")[:levels]  # the path's levels first
         assert tags[levels:] == [t for t, _ in own] and np.allclose(scores[levels:], [p for _, p in own], atol=1e-4)
 
+    # A listing that comes with its own tags keeps them (score 1), as it keeps a given category; the rest are predicted.
+    new = pl.read_csv(sample["new"], infer_schema=False)
+    new.with_columns(pl.when(pl.int_range(pl.len()) < 3).then(pl.lit("metal; ages 3+")).otherwise(None).alias("tags")) \
+        .write_csv(tmp_path / "new-with-tags.csv")
+    code, err = run_cli(capsys, "run", tmp_path / "new-with-tags.csv", "--index", folder, "--model", tmp_path / "tagger",
+                        "--out", tmp_path / "given.parquet", "--columns", sample["columns"], "--quiet")
+    assert code == 0, err
+    given = pl.read_parquet(tmp_path / "given.parquet")
+    for row, (tags, scores, own) in enumerate(zip(given["tags"].to_list(), given["tag_scores"].to_list(), expected)):
+        mine = [("metal", 1.0), ("ages 3+", 1.0)] if row < 3 else own
+        assert tags[len(tags) - len(mine):] == [t for t, _ in mine]
+        assert np.allclose(scores[len(tags) - len(mine):], [p for _, p in mine], atol=1e-4)
+
+    # `enrich explain` shows the tags as the run wrote them, and where the listing's own tags came from.
+    for row in (0, 5):
+        code = main([str(a) for a in ("explain", given["id"][row], "--input", tmp_path / "new-with-tags.csv", "--index", folder,
+                                      "--model", tmp_path / "tagger", "--columns", sample["columns"])])
+        text = capsys.readouterr().out
+        assert code == 0, text
+        written = ", ".join(f"{t} ({s:.2f})" for t, s in zip(given["tags"][row], given["tag_scores"][row]))
+        assert f"the listing's own tags): {written}" in text
+        assert ("came with the listing and are kept: metal, ages 3+" in text) == (row == 0)
+        assert ("the tagger's probabilities for the catalog's tags" in text) == (row != 0)
+
 
 def test_a_new_listing_keeps_the_category_it_came_with(sample_index, sample, tmp_path, capsys):
     folder, _ = sample_index
