@@ -199,10 +199,15 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     checkpoints = out_dir / CHECKPOINTS
     if (checkpoints / STATE_FILE).exists():
         saved = json.loads((checkpoints / STATE_FILE).read_text())
-        if saved["config"] != asdict(config):
-            raise ValueError(f"{checkpoints} holds a run with another config; remove it or use another --out")
+        now = asdict(config)
+        if changed := [f"{name} {saved['config'].get(name, '(not recorded: an older enrich)')} there, {now[name]} here"
+                       for name in now if saved["config"].get(name, object()) != now[name]]:
+            raise ValueError(f"{checkpoints} holds a run with another config ({'; '.join(changed)});"
+                             " run with those settings to resume it, or remove it or use another --out")
         accelerator.load_state(str(checkpoints / "last"))
         state = {"optimizer_steps": 0, **saved}  # checkpoints written before the count was kept
+        if "best_accuracy" in state:  # written before early stopping followed tags too: the same number then
+            state["best_score"] = state.pop("best_accuracy")
         if progress:
             accelerator.print(f"resuming after epoch {state['epoch']}")
 
