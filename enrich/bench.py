@@ -596,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tagger", action="store_true", help="skip fine-tuning (about 10 minutes on 2 cores)")
     parser.add_argument("--llm-only", action="store_true", help="only the LLM stage on the hand-labelled listings")
     parser.add_argument("--tags-only", action="store_true", help="only the catalog-tags benchmark (with_descriptions.csv)")
+    parser.add_argument("--skip-llm", action="store_true", help="leave out the LLM stage's benchmark (about 5 minutes)")
     args = parser.parse_args(argv)
     quiet_hugging_face()  # its load and save bars, once per model, would bury the benchmark's own progress
     args.out.mkdir(parents=True, exist_ok=True)
@@ -608,10 +609,11 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "bench-tags.md").write_text(tags_markdown(tags) + "\n")
         print(tags_markdown(tags))
         return 0
-    llm = llm_benchmark(catalog=args.catalog)
-    (args.out / "bench-llm.json").write_text(json.dumps(llm, indent=1))
-    (args.out / "bench-llm.md").write_text(llm_markdown(llm) + "\n")
-    print(llm_markdown(llm))
+    if not args.skip_llm:
+        llm = llm_benchmark(catalog=args.catalog)
+        (args.out / "bench-llm.json").write_text(json.dumps(llm, indent=1))
+        (args.out / "bench-llm.md").write_text(llm_markdown(llm) + "\n")
+        print(llm_markdown(llm))
     if args.llm_only:
         return 0
     if not args.catalog.exists():

@@ -57,7 +57,7 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1  # share of steps spent warming up
     max_length: int = 64  # tokens; titles are ~20, descriptions are cut
     level_loss_weight: float = 0.5  # weight of each parent level's loss beside the leaf loss
-    class_weight_power: float = 0.5  # leaf weight ~ count^-power: 0 none, 1 inverse frequency
+    class_weight_power: float = 0.5  # leaf weight ~ count^-power: 0 none, 1 inverse frequency (0 was tried: see the README)
     validation_share: float = 0.1  # held out for early stopping and calibration
     patience: int = 2  # epochs without a better validation score before stopping
     min_level_score: float = 0.3  # predicted levels below this score are left off the tags

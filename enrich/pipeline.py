@@ -593,7 +593,8 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
     # After the path's levels, the listing's own tags: as given (score 1), like a given category, or else the
     # tagger's prediction of the catalog's tags where it learned some.
     predicted = tagger.catalog_tags(found.texts, tagger_logits) if tagger_logits is not None else [[]] * ok.height
-    catalog_tags = [[(t, 1.0) for t in mine] if mine else guess for mine, guess in zip(ok["tags"].to_list(), predicted)]
+    own = ok["tags"].to_list() if "tags" in ok.columns else [None] * ok.height  # a frame built by hand may lack it
+    catalog_tags = [[(t, 1.0) for t in mine] if mine else guess for mine, guess in zip(own, predicted)]
     tags = [path + [t for t, _ in extra] for path, extra in zip(votes.tags, catalog_tags)]
     tag_scores = [path + [p for _, p in extra] for path, extra in zip(votes.tag_scores, catalog_tags)]
     estimate = index.prior.predict(found.evidence)

@@ -406,3 +406,14 @@ def test_the_summary_counts_each_kind_of_refusal_once_whatever_its_row(tmp_path)
                          reference=True)
     assert _summary(frame, time.perf_counter()).refused == {
         "4 fields where the header has 3; an unquoted comma?": 2, "field 'orders': engagement '…' is not a number": 2}
+
+
+def test_a_frame_built_by_hand_without_a_tags_column_is_enriched(sample_index, sample, sample_columns, encoder):
+    """The library's own callers (the LLM benchmark) build frames with only the columns they need."""
+    from enrich.pipeline import enrich_frame
+
+    folder, _ = sample_index
+    frame = load_catalog(sample["new"], sample_columns, reference=False).head(5).drop("tags")
+    out = enrich_frame(frame, ReferenceIndex.load(folder, encoder), encoder)
+    assert out.height == 5 and out["status"].to_list() == ["ok"] * 5
+    assert all(tags == category.split(" > ")[:len(tags)] for tags, category in zip(out["tags"].to_list(), out["category"].to_list()))
