@@ -143,7 +143,9 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     leaf_weights = np.array([max(count_of.get(label, 0), 1) ** -config.class_weight_power for label in labels])
     leaf_weights = leaf_weights / (leaf_weights * np.array([count_of.get(l, 0) for l in labels])).sum() * train.height
     tag_counts = train["tags"].explode().drop_nulls().value_counts(sort=True)
-    tag_labels = sorted(t for t, n in zip(tag_counts["tags"].to_list(), tag_counts["count"].to_list()) if n >= config.tag_min_count)
+    learned_tag_counts = {t: int(n) for t, n in zip(tag_counts["tags"].to_list(), tag_counts["count"].to_list())
+                          if n >= config.tag_min_count}  # most frequent first
+    tag_labels = sorted(learned_tag_counts)
     tag_id = {tag: i for i, tag in enumerate(tag_labels)}
     n_paths = len(labels)
 
@@ -284,7 +286,7 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
             "temperature": temperature, "min_level_score": config.min_level_score, "metrics": metrics,
             "label_counts": {label: int(count_of.get(label, 0)) for label in labels},
             "tag_labels": tag_labels, "tag_threshold": tag_threshold,
-            "tag_counts": {tag: int(n) for tag, n in zip(tag_counts["tags"].to_list(), tag_counts["count"].to_list()) if tag in tag_id},
+            "tag_counts": learned_tag_counts,
             "mixed_precision": accelerator.mixed_precision, "source": str(catalog), "columns": asdict(columns)}
     if accelerator.is_main_process:
         Tagger(best.cpu(), tokenizer, info).save(out_dir)
