@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import f1_score
 
 from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.cli import quiet_hugging_face
-from enrich.embed import Encoder, EncoderConfig, cpu_has_native_bf16, packaged_model_path
+from enrich.embed import Encoder, EncoderConfig, packaged_model_path
 from enrich.evaluate import EvalConfig, evaluate, split_catalog, tag_metrics
 from enrich.neighbors import exact_search, recall_at_k
 from enrich.pipeline import (
@@ -47,6 +48,12 @@ AMAZON = Columns(id="uniq_id", title="product_name", brand="manufacturer", text=
 DEFAULT_CATALOG = Path("../shared/data/amazon_uk_toys/catalog.csv")
 
 
+def machine(encoder: Encoder) -> str:
+    """Where the figures were measured: the CPU's cores, the GPU if any, and the encoder's precision there."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}, encoder on {encoder.device} in {str(encoder.dtype).removeprefix('torch.')}"
+
+
 def rho(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
@@ -55,8 +62,8 @@ def encoder_speed(texts: list[str], reference_texts: list[str], repeats: int = 3
     """Our encoder against sentence-transformers' encode on the same texts; agreement of vectors and neighbours."""
     from sentence_transformers import SentenceTransformer
 
-    baseline = SentenceTransformer(packaged_model_path(), device="cpu")
     ours = Encoder(EncoderConfig())
+    baseline = SentenceTransformer(packaged_model_path(), device=ours.device)  # the same device, in fp32
     # A first full pass of each builds its kernels for every shape; then the best of `repeats`, interleaved.
     started = time.perf_counter()
     expected = baseline.encode(texts, batch_size=32, normalize_embeddings=True)
@@ -141,10 +148,12 @@ def train_tagger(catalog: Path, reference: pl.DataFrame, folder: Path) -> tuple[
     figures = {k: v for k, v in metrics.items() if k != "history"}
     figures["history"] = metrics["history"]
     figures["listings_per_s"] = metrics["train_rows"] * metrics["epochs_run"] / metrics["seconds"]
+    tagger = Tagger.load(folder / "tagger")
     figures["settings"] = (f"all-MiniLM-L6-v2, {config.epochs} epochs max (patience {config.patience}), batch {config.batch_size},"
                            f" lr {config.learning_rate:g} body / {config.head_learning_rate:g} head, linear warm-up/decay,"
-                           f" max {config.max_length} tokens, mixed precision {'bf16' if cpu_has_native_bf16() else 'no'}")
-    return Tagger.load(folder / "tagger"), figures
+                           f" max {config.max_length} tokens, mixed precision {tagger.info['mixed_precision']}")
+    figures["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "this CPU"
+    return tagger, figures
 
 
 def _mix_scores(index: ReferenceIndex, found, classifiers: list[ClassifierScores], truth: list, config: VoteConfig) -> dict:
@@ -206,8 +215,7 @@ def weights_on_validation(reference: pl.DataFrame, tagger: Tagger, encoder: Enco
 def benchmark(catalog: Path, seed: int = 0, with_tagger: bool = True) -> dict:
     """Fine-tuning, the evaluation (tags, neighbours, priors with baselines), the prior's steps, speed."""
     encoder = Encoder(EncoderConfig())
-    results: dict = {"catalog": str(catalog), "seed": seed, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                     f"{'native bf16' if str(encoder.dtype) == 'torch.bfloat16' else 'fp32'} encoder, no GPU"}
+    results: dict = {"catalog": str(catalog), "seed": seed, "machine": machine(encoder)}
     frame = load_catalog(catalog, AMAZON, reference=True)
     reference, held_out = split_catalog(frame, EvalConfig(seed=seed))
     with tempfile.TemporaryDirectory() as tmp:
@@ -573,7 +581,7 @@ def to_markdown(r: dict) -> str:
                      f"best; the defaults | {show(chosen['best'][0])}; {show(chosen['default'])} | | |")
         lines.append(f"| tagger validation ECE before / after temperature scaling | {f(ft['calibration_error_before'])} / "
                      f"{f(ft['calibration_error_after'])} (T = {ft['temperature']:.2f}) | | report |")
-        lines.append(f"| fine-tuning on this CPU ({ft['settings']}) | {ft['seconds']:.0f} s, {ft['epochs_run']} epochs "
+        lines.append(f"| fine-tuning on {r['finetune'].get('device', 'this CPU')} ({ft['settings']}) | {ft['seconds']:.0f} s, {ft['epochs_run']} epochs "
                      f"(best {ft['best_epoch']}), {ft['listings_per_s']:.0f} listings/s | | report |")
         lines.append(f"| tagger prediction throughput | {r['category_sources']['prediction_listings_per_s']:.0f} listings/s | | report |")
     e = r["encoder"]
