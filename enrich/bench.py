@@ -253,10 +253,11 @@ CONFIRM = LABELLED.with_name("labelled_taxonomy_confirm.jsonl")
 def labelled_frame(path: Path) -> tuple[list[dict], pl.DataFrame, list[list[str]]]:
     """Hand-labelled listings: the records, the standard catalog frame, and each listing's accepted paths."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    frame = pl.DataFrame({"id": [r["id"] for r in rows], "title": [r["title"] for r in rows],
+    frame = pl.DataFrame({"row": range(1, len(rows) + 1), "id": [r["id"] for r in rows], "title": [r["title"] for r in rows],
                           "brand": [r["brand"] for r in rows], "text": [r["text"] for r in rows],
-                          "category": [r["category"] for r in rows], "status": ["ok"] * len(rows),
-                          "notes": [""] * len(rows)})
+                          "category": [r["category"] for r in rows], "tags": [[] for _ in rows],
+                          "engagement": [None] * len(rows), "status": ["ok"] * len(rows), "notes": [""] * len(rows)},
+                         schema_overrides={"row": pl.Int64, "tags": pl.List(pl.String), "engagement": pl.Float64})
     return rows, frame, [[t["path"] for t in r["taxonomy"]] for r in rows]
 
 

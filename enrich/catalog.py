@@ -134,7 +134,7 @@ def read_raw(path: Path, encoding: str = "utf-8", delimiter: str | None = None
             try:
                 frame = pl.read_csv(data, infer_schema=False, raise_if_empty=False, separator=separator)
             except pl.exceptions.ComputeError as error:
-                frame, problems = _read_ragged_csv(data, path, error, separator)
+                frame, problems = _read_ragged_csv(text, path, error, separator)
                 return frame, bad_bytes, problems
         else:
             frame = _as_strings(pl.read_ndjson(data, infer_schema_length=None) if data.strip() else pl.DataFrame())
@@ -163,10 +163,10 @@ def _not_valid_in(encoding: str, data: bytes, first_bad: int) -> str:
             f"\u2018{shown}\u2019; if that is right, use --encoding {candidate})")
 
 
-def _read_ragged_csv(data: bytes, path: Path, error: Exception, delimiter: str) -> tuple[pl.DataFrame, list[str | None]]:
+def _read_ragged_csv(text: str, path: Path, error: Exception, delimiter: str) -> tuple[pl.DataFrame, list[str | None]]:
     """The slow path for a CSV polars refuses, usually a row with an unquoted comma: such rows are kept, cut to
     the header's width, with their problem, so that they are refused one by one and the rest go through."""
-    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True, delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
     try:
         header = next(reader, [])
         records, problems = [], []

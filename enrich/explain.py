@@ -33,7 +33,8 @@ def explain(listing_id: str, new_path: str | Path, index_dir: str | Path, column
     positions, sims = found.positions[0], found.sims[0]
     tagger_dir = tagger_dir or recorded_tagger(index)
     tagger = Tagger.load(tagger_dir) if tagger_dir else None
-    classifiers = classifier_scores(found, index, tagger)
+    tagger_logits = tagger.logits(found.texts) if tagger is not None else None  # read once, shown three ways
+    classifiers = classifier_scores(found, index, tagger, tagger_logits=tagger_logits)
     votes = vote(index.categories[positions][None, :], sims[None, :], config.vote, classifiers, [listing["category"]])
     shares = category_shares(index.categories[positions], sims, config.vote.temperature)
 
@@ -48,13 +49,14 @@ def explain(listing_id: str, new_path: str | Path, index_dir: str | Path, column
         probabilities = classifier.probabilities[0]
         lines += [f"    {probabilities[j]:6.1%}  {classifier.labels[j]}" for j in np.argsort(-probabilities)[:alternatives]]
 
-    written = enrich_frame(rows.head(1), index, encoder, config, tagger=tagger, found=found).row(0, named=True)
+    written = enrich_frame(rows.head(1), index, encoder, config, tagger=tagger, found=found,
+                           tagger_logits=tagger_logits).row(0, named=True)
     lines += ["", "tags, as `enrich run` writes them (the path's levels, then the listing's own tags): "
               + ", ".join(f"{tag} ({score:.2f})" for tag, score in zip(written["tags"], written["tag_scores"]))]
     if listing["tags"]:
         lines.append(f"  its own tags came with the listing and are kept: {', '.join(listing['tags'])}")
     elif tagger is not None and tagger.tag_labels:
-        probabilities = tagger.tag_probabilities(found.texts)[0]
+        probabilities = tagger.tag_probabilities(found.texts, tagger_logits)[0]
         lines.append(f"  the tagger's probabilities for the catalog's tags (written from {tagger.tag_threshold:.2f}):")
         lines += [f"    {probabilities[j]:6.1%}  {tagger.tag_labels[j]}" for j in np.argsort(-probabilities)[:alternatives]]
 

@@ -569,12 +569,14 @@ def _text_chunks(listings: pl.DataFrame):
 
 
 def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig = EnrichConfig(),
-                 progress: bool = False, tagger: Tagger | None = None, found: Found | None = None) -> pl.DataFrame:
+                 progress: bool = False, tagger: Tagger | None = None, found: Found | None = None,
+                 tagger_logits: np.ndarray | None = None) -> pl.DataFrame:
     """The output table for a standard catalog frame: one row per input row, in input order.
 
     The category mixes the neighbours' vote, the index's TF-IDF category model and, when given, a fine-tuned
     `tagger` (see tags.vote). A listing that comes with a category keeps it, and no classifier reads it.
-    `found`: the usable rows' evidence (`find_evidence`), when the caller already has it.
+    `found`: the usable rows' evidence (`find_evidence`), and `tagger_logits` the tagger's for all of them, when
+    the caller already has them.
     """
     ok_mask = (frame["status"] == "ok").to_numpy()
     ok = frame.filter(pl.Series(ok_mask))
@@ -587,12 +589,13 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
     positions, sims = found.positions, found.sims
     given = ok["category"].to_list()
     # A tagger with the catalog's own tags reads every listing (for its tags), so its logits are computed once.
-    tagger_logits = tagger.logits(found.texts) if tagger is not None and tagger.tag_labels else None
+    if tagger_logits is None and tagger is not None and tagger.tag_labels:
+        tagger_logits = tagger.logits(found.texts)
     classifiers = classifier_scores(found, index, tagger, rows=np.flatnonzero([not c for c in given]), tagger_logits=tagger_logits)
     votes = vote(index.categories[positions], sims, config.vote, classifiers, given)
     # After the path's levels, the listing's own tags: as given (score 1), like a given category, or else the
     # tagger's prediction of the catalog's tags where it learned some.
-    predicted = tagger.catalog_tags(found.texts, tagger_logits) if tagger_logits is not None else [[]] * ok.height
+    predicted = tagger.catalog_tags(found.texts, tagger_logits) if tagger is not None and tagger.tag_labels else [[]] * ok.height
     own = ok["tags"].to_list() if "tags" in ok.columns else [None] * ok.height  # a frame built by hand may lack it
     catalog_tags = [[(t, 1.0) for t in mine] if mine else guess for mine, guess in zip(own, predicted)]
     tags = [path + [t for t, _ in extra] for path, extra in zip(votes.tags, catalog_tags)]
@@ -641,9 +644,9 @@ def classifier_scores(found: Found, index: ReferenceIndex, tagger: Tagger | None
 
 
 def predict_categories(found: Found, index: ReferenceIndex, tagger: Tagger | None, config: VoteConfig,
-                       rows: np.ndarray) -> list[str | None]:
+                       rows: np.ndarray, tagger_logits: np.ndarray | None = None) -> list[str | None]:
     """The category the vote and the classifiers name for `rows` of `found`, whatever the listings came with."""
-    classifiers = [replace(c, probabilities=c.probabilities[rows]) for c in classifier_scores(found, index, tagger, rows)]
+    classifiers = [replace(c, probabilities=c.probabilities[rows]) for c in classifier_scores(found, index, tagger, rows, tagger_logits)]
     return vote(index.categories[found.positions[rows]], found.sims[rows], config, classifiers).category
 
 
@@ -675,13 +678,16 @@ def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, co
     if describer.encoder is encoder:  # one embedding serves the neighbours and the taxonomy
         vectors = encoder.encode(listing_texts(ok))
     found = find_evidence(ok, index, encoder, config.index.candidates, vectors=vectors) if ok.height else None
-    enriched = enrich_frame(chunk, index, encoder, config, False, tagger, found)
+    # The tagger reads every listing once: the category of those without one, and below, the predicted category of
+    # those that came with one, which the taxonomy query may read instead.
+    tagger_logits = tagger.logits(found.texts) if tagger is not None and found is not None else None
+    enriched = enrich_frame(chunk, index, encoder, config, False, tagger, found, tagger_logits)
     # The taxonomy query reads each listing's category: the one just predicted, or the one it came with where
     # the describer's `bridge` says "given" (see TaxonomyConfig.bridge).
     categories = enriched["category"].filter(usable).to_list()
     came_with = np.flatnonzero(ok["category"].is_not_null().to_numpy())
     if describer.config.taxonomy.bridge == "predicted" and len(came_with):
-        for row, predicted in zip(came_with, predict_categories(found, index, tagger, config.vote, came_with)):
+        for row, predicted in zip(came_with, predict_categories(found, index, tagger, config.vote, came_with, tagger_logits)):
             categories[row] = predicted
     return add_description(enriched, describe_frame(chunk, describer, vectors=vectors, categories=categories))
 

@@ -12,6 +12,8 @@ from enrich.attributes import (
     NOT_STATED, SCHEMA, AttributeConfig, age_spans, colour_spans, dimension_spans, extract, material_spans, piece_spans,
     scale_spans,
 )
+from enrich.bench import labelled_frame
+from enrich.catalog import STANDARD_COLUMNS
 from enrich.describe import DESCRIBE_SCHEMA, DescribeConfig, Describer, describe_frame
 from enrich.llm import ChatChooser, LLMConfig, LocalChooser
 from enrich.prompts import load_prompt
@@ -274,6 +276,34 @@ def test_run_bridges_to_the_taxonomy_through_the_predicted_category_unless_told_
     assert paths["given"] == steered.to_list() and paths["given"] != paths["predicted"]
 
 
+def test_run_with_a_tagger_reads_each_listing_once_and_bridges_through_its_prediction(
+        tmp_path, sample, sample_columns, sample_index, encoder, small_taxonomy, tiny_tagger, llm_cache):
+    from enrich.catalog import load_catalog
+    from enrich.pipeline import EnrichConfig, ReferenceIndex, enrich_part
+    from enrich.tagger import Tagger
+
+    new = pl.read_csv(sample["new"]).head(8)
+    new.write_csv(tmp_path / "bare.csv")
+    # Half come with a merchant's category: the tagger reads those too, for the taxonomy's bridge.
+    given = new.with_columns(pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit("Party Supplies > Balloons"))
+                             .otherwise(None).alias("amazon_category_and_sub_category"))
+    given.write_csv(tmp_path / "given.csv")
+    index = ReferenceIndex.load(sample_index[0], encoder)
+    tagger = Tagger.load(tiny_tagger, device="cpu")
+    reads, logits = [], tagger.logits
+    tagger.logits = lambda texts, *args, **kwargs: reads.append(len(texts)) or logits(texts, *args, **kwargs)
+    describer = _describer(encoder, None, small_taxonomy, attributes=AttributeConfig(ask_model=False),
+                           taxonomy=TaxonomyConfig(choose="nearest", bridge="predicted"))
+    paths = {}
+    for source in ("bare", "given"):
+        reads.clear()
+        out = enrich_part(load_catalog(tmp_path / f"{source}.csv", sample_columns), index, encoder, EnrichConfig(),
+                          tagger, describer)
+        assert reads == [8]  # one pass over every listing
+        paths[source] = out["taxonomy_path"].to_list()
+    assert paths["given"] == paths["bare"]  # the given half bridged through the category the tagger helped predict
+
+
 def test_a_listings_category_path_steers_the_taxonomy_query(encoder, small_taxonomy):
     from enrich.taxonomy import category_vectors, with_category
 
@@ -310,6 +340,9 @@ def test_labelled_benchmark_set_is_complete():
         assert row["taxonomy"] and all(t["id"] in ids for t in row["taxonomy"])
         assert row["category"]  # the listing's Amazon category path, as a merchant's catalog gives it
     assert NOT_STATED not in json.dumps([r["attributes"] for r in rows])
+    _, frame, accepted = labelled_frame(LABELLED)  # as the benchmark reads them: the standard frame of a catalog
+    assert frame.columns == STANDARD_COLUMNS and frame["row"].to_list() == list(range(1, len(rows) + 1))
+    assert accepted == [[t["path"] for t in r["taxonomy"]] for r in rows]
     seen = {r["id"] for r in rows}
     for name, size in (("labelled_taxonomy_holdout.jsonl", 100), ("labelled_taxonomy_confirm.jsonl", 50)):
         more = [json.loads(line) for line in LABELLED.with_name(name).read_text().splitlines()]
