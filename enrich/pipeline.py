@@ -214,8 +214,10 @@ class _NpyRowWriter:
             raise RuntimeError(f"{self.path}: {self.written} rows written of {self.rows}")
 
 
-def _embedding_cache_key(encoder: Encoder) -> str:
-    return f"{encoder.describe()['fingerprint']}:{encoder.dtype}:{encoder.max_tokens}"
+def _embedding_cache_key(encoder: Encoder, dtype: str | None = None) -> str:
+    """What a listing's text hash is made with besides its text. `dtype`: the precision an index recorded, where it
+    is not this machine's (an index built on a GPU, or where bf16 is native, and updated elsewhere)."""
+    return f"{encoder.describe()['fingerprint']}:{f'torch.{dtype}' if dtype else encoder.dtype}:{encoder.max_tokens}"
 
 
 def build_index(
@@ -371,7 +373,8 @@ def update_index(
     encoder = encoder_for(out_dir)
     index = ReferenceIndex.load(out_dir, encoder)
     current = frame.filter(pl.col("status") == "ok")
-    cache_key = _embedding_cache_key(encoder)
+    # Hashed as the index was, whatever this machine's precision: else every listing would look changed here.
+    cache_key = _embedding_cache_key(encoder, index.manifest["encoder"].get("dtype"))
     current = current.with_columns(text_hash=pl.Series(
         [h for _, texts in _text_chunks(current) for h in text_hashes(texts, cache_key)], dtype=pl.String))
     old = index.reference

@@ -370,6 +370,24 @@ def test_update_says_to_rebuild_once_much_of_the_index_has_changed(sample, sampl
     assert "warning: 33% of the 300 listings indexed at the last full build have been added or deleted since" in err
 
 
+def test_an_index_built_in_one_precision_updates_in_another_without_re_embedding(sample, sample_columns, tmp_path,
+                                                                                   monkeypatch):
+    """Built where bf16 is not native (fp32 vectors), updated where it is: the same listings, not all changed."""
+    import enrich.embed
+    from enrich.pipeline import update_index
+
+    reference = pl.read_csv(sample["reference"], infer_schema=False)
+    reference.head(60).write_csv(tmp_path / "before.csv")
+    reference.head(65).write_csv(tmp_path / "after.csv")
+    monkeypatch.setattr(enrich.embed, "cpu_has_native_bf16", lambda: False)
+    build_index(tmp_path / "before.csv", tmp_path / "index", sample_columns, progress=False)
+    monkeypatch.setattr(enrich.embed, "cpu_has_native_bf16", lambda: True)
+    summary = update_index(tmp_path / "after.csv", tmp_path / "index", sample_columns, progress=False)
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert summary.reused_embeddings == 60 and manifest["updates"][-1]["added"] == 5
+    assert manifest["updates"][-1]["deleted"] == 0 and manifest["encoder"]["dtype"] == "float32"
+
+
 def test_an_index_and_its_tagger_can_be_moved_together(sample, sample_columns, encoder, tiny_tagger, tmp_path, capsys):
     reference = pl.read_csv(sample["reference"], infer_schema=False)
     reference.head(300).write_csv(tmp_path / "small.csv")
