@@ -28,7 +28,7 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import f1_score
 
-from enrich.catalog import Columns, listing_texts, load_catalog
+from enrich.catalog import Columns, listing_texts, load_catalog, without_placeholder_category
 from enrich.cli import quiet_hugging_face
 from enrich.embed import Encoder, EncoderConfig, packaged_model_path
 from enrich.evaluate import EvalConfig, evaluate, split_catalog, tag_metrics
@@ -258,6 +258,7 @@ def labelled_frame(path: Path) -> tuple[list[dict], pl.DataFrame, list[list[str]
                           "category": [r["category"] for r in rows], "tags": [[] for _ in rows],
                           "engagement": [None] * len(rows), "status": ["ok"] * len(rows), "notes": [""] * len(rows)},
                          schema_overrides={"row": pl.Int64, "tags": pl.List(pl.String), "engagement": pl.Float64})
+    frame = without_placeholder_category(frame)  # as `enrich attributes` reads "others > others"
     return rows, frame, [[t["path"] for t in r["taxonomy"]] for r in rows]
 
 

@@ -97,6 +97,10 @@ class CleaningConfig:
     max_title_chars: int = 300  # longer titles are cut, with a note in `notes`
     max_text_chars: int = 2000  # longer descriptions are cut, with a note in `notes`
     unicode_form: str = "NFKC"  # unicode normalisation form
+    # A category path made only of these words (any case) says nothing: it is read as missing, with a note, so a
+    # new listing gets a predicted category and a reference listing does not vote for "Others > Others".
+    placeholder_categories: tuple[str, ...] = ("other", "others", "misc", "miscellaneous", "uncategorized",
+                                               "uncategorised", "unknown", "none", "n/a", "-")
 
 
 def detect_format(path: Path) -> str:
@@ -245,6 +249,16 @@ def _truncate(frame: pl.DataFrame, field: str, max_chars: int) -> pl.DataFrame:
     return frame.with_columns(pl.col(field).str.slice(0, max_chars), (pl.col("notes") + note).alias("notes"))
 
 
+def without_placeholder_category(frame: pl.DataFrame, placeholders: tuple[str, ...] = CleaningConfig.placeholder_categories
+                                 ) -> pl.DataFrame:
+    """`category` set to null where every level of its path is a placeholder word, with a note saying so."""
+    levels = pl.col("category").str.to_lowercase().str.split(">").list.eval(pl.element().str.strip_chars())
+    placeholder = (pl.col("category") != "") & levels.list.eval(pl.element().is_in(list(placeholders))).list.all()
+    note = pl.lit("category '") + pl.col("category") + pl.lit("' is a placeholder, read as missing; ")
+    return frame.with_columns(pl.when(placeholder).then(None).otherwise(pl.col("category")).alias("category"),
+                              pl.when(placeholder).then(pl.col("notes") + note).otherwise(pl.col("notes")).alias("notes"))
+
+
 def _check_columns(frame: pl.DataFrame, columns: Columns, path: Path, need_engagement: bool) -> None:
     wanted = {"id": columns.id, "title": columns.title}
     if need_engagement:
@@ -323,6 +337,7 @@ def load_catalog(
     )
     frame = _truncate(frame, "title", cleaning.max_title_chars)
     frame = _truncate(frame, "text", cleaning.max_text_chars)
+    frame = without_placeholder_category(frame, cleaning.placeholder_categories)
     frame = frame.with_columns(
         pl.col("engagement_raw").str.replace_all(",", "").cast(pl.Float64, strict=False).alias("engagement"),
         pl.when(pl.col("category") == "").then(None).otherwise(pl.col("category")).alias("category"),

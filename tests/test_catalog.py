@@ -253,3 +253,17 @@ def test_category_from_level_columns(tmp_path):
     frame = load_catalog(write_rows(tmp_path / "levels.csv", rows), Columns().updated(category=["top", "sub1", "sub2"]),
                          reference=True)
     assert frame["category"].to_list() == ["Hobbies > Model Trains > Lighting", "Hobbies > Model Trains"]
+
+
+def test_a_placeholder_category_is_read_as_missing_with_a_note(tmp_path):
+    rows = {"id": ["1", "2", "3", "4"], "title": ["Kite", "Yo-yo", "Top", "Ball"], "top": ["others", "Toys", "MISC", ""],
+            "sub1": ["others", "Other", "", ""], "engagement": ["1", "2", "3", "4"]}
+    path = write_rows(tmp_path / "placeholders.csv", rows)
+    columns = Columns().updated(category=["top", "sub1"])
+    frame = load_catalog(path, columns, reference=True)
+    assert frame["category"].to_list() == [None, "Toys > Other", None, None]  # only a path of placeholders alone
+    assert frame["notes"].to_list() == ["category 'others > others' is a placeholder, read as missing",
+                                        "", "category 'MISC' is a placeholder, read as missing", ""]
+    assert (frame["status"] == "ok").all()
+    kept = load_catalog(path, columns, CleaningConfig(placeholder_categories=()), reference=True)
+    assert kept["category"].to_list() == ["others > others", "Toys > Other", "MISC", None]
