@@ -69,11 +69,12 @@ class FinetuneConfig:
 
 
 def training_data(catalog: str | Path, columns: Columns, config: FinetuneConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Usable rows with a known category, split into train and validation (seeded)."""
+    """Usable rows with a known category or tags of their own (those without a category teach the tags only),
+    split into train and validation (seeded)."""
     frame = load_catalog(catalog, columns, reference=False)
-    frame = frame.filter((pl.col("status") == "ok") & pl.col("category").is_not_null())
-    if frame.height < 10:
-        raise ValueError(f"{catalog}: only {frame.height} usable rows with a category; fine-tuning needs more")
+    frame = frame.filter((pl.col("status") == "ok") & (pl.col("category").is_not_null() | (pl.col("tags").list.len() > 0)))
+    if (with_category := frame["category"].count()) < 10:
+        raise ValueError(f"{catalog}: only {with_category} usable rows with a category; fine-tuning needs more")
     frame = frame.with_columns(pl.Series("text", listing_texts(frame)))
     order = np.random.default_rng(config.seed).permutation(frame.height)
     n_val = max(1, int(config.validation_share * frame.height))
@@ -84,6 +85,9 @@ def _mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
     return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
+
+
+NO_CATEGORY = -100  # the label of a training listing that has tags but no category
 
 
 class HierarchicalLoss(torch.nn.Module):
@@ -99,7 +103,11 @@ class HierarchicalLoss(torch.nn.Module):
         self.level_weight = level_weight
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
+        """`labels`: NO_CATEGORY for a listing that only teaches tags; such rows add nothing here."""
+        labelled = labels != NO_CATEGORY
+        logits, labels = logits[labelled].float(), labels[labelled]
+        if not len(labels):
+            return logits.sum() * 0.0  # a batch of tags-only listings: no path loss, and no NaN from an empty mean
         loss = torch.nn.functional.cross_entropy(logits, labels, weight=self.leaf_weights)
         if self.level_weight and len(self.matrices):
             probabilities = logits.softmax(-1)
@@ -135,13 +143,13 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     started = time.perf_counter()
     out_dir = Path(out_dir)
     train, validation = training_data(catalog, columns, config)
-    labels = sorted(set(train["category"].to_list()) | set(validation["category"].to_list()))
+    labels = sorted((set(train["category"].to_list()) | set(validation["category"].to_list())) - {None})
     label_id = {label: i for i, label in enumerate(labels)}
     hierarchy = Hierarchy(labels)
     counts = train["category"].value_counts()
     count_of = dict(zip(counts["category"].to_list(), counts["count"].to_list()))
     leaf_weights = np.array([max(count_of.get(label, 0), 1) ** -config.class_weight_power for label in labels])
-    leaf_weights = leaf_weights / (leaf_weights * np.array([count_of.get(l, 0) for l in labels])).sum() * train.height
+    leaf_weights = leaf_weights / (leaf_weights * np.array([count_of.get(l, 0) for l in labels])).sum() * train["category"].count()
     tag_counts = train["tags"].explode().drop_nulls().value_counts(sort=True)
     learned_tag_counts = {t: int(n) for t, n in zip(tag_counts["tags"].to_list(), tag_counts["count"].to_list())
                           if n >= config.tag_min_count}  # most frequent first
@@ -167,7 +175,8 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
         base, num_labels=len(outputs), id2label=dict(enumerate(outputs)), label2id={o: i for i, o in enumerate(outputs)})
 
     def dataset(frame: pl.DataFrame) -> Dataset:
-        data = Dataset.from_polars(frame.select("text", pl.col("category").replace_strict(label_id).alias("labels")))
+        data = Dataset.from_polars(frame.select("text", pl.col("category").replace_strict(label_id, default=None, return_dtype=pl.Int64)
+                                                .fill_null(NO_CATEGORY).alias("labels")))
         if tag_labels:
             targets = np.zeros((frame.height, len(tag_labels)), np.float32)
             for row, tags in enumerate(frame["tags"].to_list()):
@@ -260,7 +269,9 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     accelerator.wait_for_everyone()
     best = AutoModelForSequenceClassification.from_pretrained(checkpoints / "best").to(accelerator.device)
     val_logits, val_labels, val_tags = _predict(best, validation_loader, accelerator)
-    val_logits, val_tag_logits = val_logits[:, :n_paths], val_logits[:, n_paths:]
+    val_tag_logits = val_logits[:, n_paths:]
+    labelled = val_labels != NO_CATEGORY  # paths are scored and calibrated on the listings that have one
+    val_logits, val_labels = val_logits[labelled, :n_paths], val_labels[labelled]
     temperature = fit_temperature(val_logits, val_labels)
     metrics = {
         "validation_accuracy": float((val_logits.argmax(1) == val_labels).mean()),
@@ -303,7 +314,9 @@ def micro_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
 def validation_scores(logits: np.ndarray, labels: np.ndarray, tag_targets: np.ndarray | None, n_paths: int) -> dict:
     """Path accuracy and, with tags, their micro average precision (threshold-free); `validation_score`, what early
     stopping follows, is the accuracy, or the mean of both so that the kept epoch is good at tags too."""
-    scores = {"validation_accuracy": float((logits[:, :n_paths].argmax(1) == labels).mean())}
+    labelled = labels != NO_CATEGORY
+    right = logits[labelled, :n_paths].argmax(1) == labels[labelled]
+    scores = {"validation_accuracy": float(right.mean()) if len(right) else 0.0}
     if tag_targets is not None and tag_targets.any():
         scores["validation_tag_average_precision"] = float(average_precision_score(
             tag_targets.ravel() > 0, logits[:, n_paths:].ravel()))

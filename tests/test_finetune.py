@@ -162,3 +162,36 @@ def test_early_stopping_follows_the_tags_only_where_there_are_tags():
     assert alone == {"validation_accuracy": 0.5, "validation_score": 0.5}
     both = validation_scores(logits, labels, np.array([[1.0], [0.0]]), 2)
     assert both["validation_tag_average_precision"] == 1.0 and both["validation_score"] == 0.75
+
+
+def test_listings_with_tags_but_no_category_teach_the_tags_only(tiny_bert, tagged_catalog, sample_columns, tmp_path):
+    frame = pl.read_csv(tagged_catalog, infer_schema=False)
+    category = pl.col("amazon_category_and_sub_category")
+    no_category = (pl.int_range(pl.len()) % 3 == 0) & (pl.col("tags").str.strip_chars("; ") != "")
+    frame.with_columns(pl.when(no_category).then(None).otherwise(category).alias(category.meta.output_name())) \
+        .write_csv(tmp_path / "partial.csv")
+    cfg = config(tiny_bert, epochs=2)
+    train, validation = training_data(tmp_path / "partial.csv", sample_columns, cfg)
+    tags_only = train["category"].null_count() + validation["category"].null_count()
+    assert tags_only == frame.select(no_category.sum()).item() > 0  # kept, for their tags
+    metrics = finetune(tmp_path / "partial.csv", tmp_path / "m", sample_columns, cfg, progress=False)
+    info = Tagger.load(tmp_path / "m").info
+    assert sum(info["label_counts"].values()) == train["category"].count()  # paths counted where there is one
+    assert info["tag_counts"]["party"] == train["tags"].explode().eq("party").sum()  # tags counted on every row
+    assert metrics["validation_rows"] == validation["category"].count()
+    assert all(np.isfinite(h["train_loss"]) for h in metrics["history"])
+
+
+def test_the_path_loss_leaves_out_listings_without_a_category():
+    import torch
+
+    from enrich.finetune import NO_CATEGORY, HierarchicalLoss
+    from enrich.tagger import Hierarchy
+
+    loss = HierarchicalLoss(Hierarchy(["A > x", "A > y", "B > z"]), np.ones(3), level_weight=0.5)
+    logits = torch.randn(3, 3, requires_grad=True)
+    mixed = loss(logits, torch.tensor([NO_CATEGORY, 1, NO_CATEGORY]))
+    assert torch.allclose(mixed, loss(logits[1:2], torch.tensor([1])))
+    none = loss(logits, torch.full((3,), NO_CATEGORY))
+    none.backward()
+    assert none.item() == 0.0 and torch.isfinite(logits.grad).all()
