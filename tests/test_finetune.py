@@ -195,3 +195,16 @@ def test_the_path_loss_leaves_out_listings_without_a_category():
     none = loss(logits, torch.full((3,), NO_CATEGORY))
     none.backward()
     assert none.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_the_tagger_predicts_in_bf16_as_it_was_validated_and_agrees_with_fp32(tiny_tagger, sample):
+    import torch
+
+    texts = [f"{t} | {b}" for t, b in pl.read_csv(sample["new"], infer_schema=False)
+             .select("product_name", "manufacturer").fill_null("").iter_rows()]
+    exact = Tagger.load(tiny_tagger, device="cpu", precision="fp32")
+    fast = Tagger.load(tiny_tagger, device="cpu", precision="bf16")
+    assert exact.dtype == torch.float32 and fast.dtype == torch.bfloat16
+    assert next(fast.model.parameters()).dtype == torch.float32  # autocast: the weights stay as trained
+    p32, p16 = exact.probabilities(texts), fast.probabilities(texts)
+    assert np.abs(p32 - p16).max() < 0.05 and (p32.argmax(1) == p16.argmax(1)).mean() >= 0.95
