@@ -92,12 +92,15 @@ class Tagger:
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto") -> "Tagger":
-        """`precision` as the encoder's: auto is bf16 autocast where the CPU has native bf16 (about 2.5x faster than fp32
-        here, as the tagger was validated and calibrated in training), fp16 on CUDA, else fp32."""
+        """`precision`: fp32, bf16 or fp16 autocast; auto is bf16 where the CPU has native bf16 (about 2.4x faster than
+        fp32 here, and how the tagger was validated and calibrated in training), else fp32. On a GPU auto is fp32 too:
+        on an H100 fp16 autocast was slower for a model this small (6,748 against 8,271 listings/s)."""
         folder = Path(folder)
         cls.check(folder)
         info = json.loads((folder / TAGGER_FILE).read_text())
         device, dtype = resolve_device_and_dtype(EncoderConfig(device=device, precision=precision))
+        if precision == "auto" and device.startswith("cuda"):
+            dtype = torch.float32
         model = AutoModelForSequenceClassification.from_pretrained(folder).to(device)
         return cls(model, AutoTokenizer.from_pretrained(folder), info, device, dtype)
 
