@@ -681,15 +681,16 @@ def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, co
     if describer.encoder is encoder:  # one embedding serves the neighbours and the taxonomy
         vectors = encoder.encode(listing_texts(ok))
     found = find_evidence(ok, index, encoder, config.index.candidates, vectors=vectors) if ok.height else None
-    # The tagger reads every listing once: the category of those without one, and below, the predicted category of
-    # those that came with one, which the taxonomy query may read instead.
-    tagger_logits = tagger.logits(found.texts) if tagger is not None and found is not None else None
-    enriched = enrich_frame(chunk, index, encoder, config, False, tagger, found, tagger_logits)
-    # The taxonomy query reads each listing's category: the one just predicted, or the one it came with where
-    # the describer's `bridge` says "given" (see TaxonomyConfig.bridge).
-    categories = enriched["category"].filter(usable).to_list()
+    # The taxonomy query reads each listing's category: the one predicted, even for a listing that came with one,
+    # or the one it came with where the describer's `bridge` says "given" (see TaxonomyConfig.bridge).
     came_with = np.flatnonzero(ok["category"].is_not_null().to_numpy())
-    if describer.config.taxonomy.bridge == "predicted" and len(came_with):
+    bridge_predicted = describer.config.taxonomy.bridge == "predicted" and len(came_with) > 0
+    # Where the tagger has anything to read, it reads every listing once, for all of these.
+    reads = found is not None and tagger is not None and (bool(tagger.tag_labels) or bridge_predicted or len(came_with) < ok.height)
+    tagger_logits = tagger.logits(found.texts) if reads else None
+    enriched = enrich_frame(chunk, index, encoder, config, False, tagger, found, tagger_logits)
+    categories = enriched["category"].filter(usable).to_list()
+    if bridge_predicted:
         for row, predicted in zip(came_with, predict_categories(found, index, tagger, config.vote, came_with, tagger_logits)):
             categories[row] = predicted
     return add_description(enriched, describe_frame(chunk, describer, vectors=vectors, categories=categories))
