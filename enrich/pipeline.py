@@ -172,21 +172,27 @@ def encoder_for(folder: str | Path, config: EncoderConfig | None = None) -> Enco
 
 
 class _EmbeddingCache:
-    """Vectors of an earlier build of this folder whose text and weights are unchanged, looked up a chunk at a time."""
+    """Vectors of an earlier build of this folder whose text and weights are unchanged, looked up a chunk at a time.
+    The earlier build may have run in another precision (on a GPU, say): its vectors serve all the same (they agree
+    to cosine 0.9999), looked up by the hashes it made."""
 
     def __init__(self, out_dir: Path, encoder: Encoder):
         self.dim, self.where, self.vectors = encoder.dim, {}, None
+        self.key = self.build_key = _embedding_cache_key(encoder)
         try:
             manifest = json.loads((out_dir / "manifest.json").read_text())
             check_encoder(manifest, encoder, out_dir)
             old = pl.read_parquet(out_dir / "reference.parquet", columns=["text_hash"])["text_hash"].to_list()
             self.vectors = np.load(out_dir / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+            self.key = _embedding_cache_key(encoder, manifest["encoder"].get("dtype"))
         except (OSError, KeyError, ValueError, pl.exceptions.PolarsError, json.JSONDecodeError):
             return
         self.where = {h: i for i, h in enumerate(old)}
 
-    def lookup(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask, vectors): rows not found are zero."""
+    def lookup(self, texts: list[str], hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, vectors) for texts with this build's `hashes`: rows not found are zero."""
+        if self.key != self.build_key:
+            hashes = text_hashes(texts, self.key)
         rows = np.array([self.where.get(h, -1) for h in hashes], dtype=np.int64)
         found = rows >= 0
         vectors = np.zeros((len(hashes), self.dim), np.float32)
@@ -264,8 +270,8 @@ def build_index_from_frame(
         raise CatalogError(f"{source}: {ok.height} usable reference listings (of {frame.height} rows); an index needs at"
                            f" least {MIN_REFERENCE} with a title and a numeric engagement")
     encoder = encoder or Encoder(config.encoder)
-    cache_key = _embedding_cache_key(encoder)
     cache = _EmbeddingCache(out_dir, encoder)
+    cache_key = cache.build_key
     lexical = Lexical.fit(listing_texts(ok[fit_sample(ok.height, config.lexical.fit_rows, config.prior.seed)]),
                           config.lexical)
     # A chunk at a time: embed (or find in the cache), append to the staged embeddings file and to the
@@ -280,7 +286,7 @@ def build_index_from_frame(
                   leave=False) as bar:
             for start, texts in _text_chunks(ok):
                 chunk_hashes = text_hashes(texts, cache_key)
-                found, vectors = cache.lookup(chunk_hashes)
+                found, vectors = cache.lookup(texts, chunk_hashes)
                 missing = np.flatnonzero(~found)
                 if len(missing) and engine.is_ray:
                     from enrich.engine import embed_with_ray

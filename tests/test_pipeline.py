@@ -370,7 +370,7 @@ def test_update_says_to_rebuild_once_much_of_the_index_has_changed(sample, sampl
     assert "warning: 33% of the 300 listings indexed at the last full build have been added or deleted since" in err
 
 
-def test_an_index_built_in_one_precision_updates_in_another_without_re_embedding(sample, sample_columns, tmp_path,
+def test_an_index_built_in_one_precision_updates_and_rebuilds_in_another_without_re_embedding(sample, sample_columns, tmp_path,
                                                                                    monkeypatch):
     """Built where bf16 is not native (fp32 vectors), updated where it is: the same listings, not all changed."""
     import enrich.embed
@@ -386,6 +386,10 @@ def test_an_index_built_in_one_precision_updates_in_another_without_re_embedding
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert summary.reused_embeddings == 60 and manifest["updates"][-1]["added"] == 5
     assert manifest["updates"][-1]["deleted"] == 0 and manifest["encoder"]["dtype"] == "float32"
+    # A rebuild here reuses the fp32 build's vectors too, and records its own precision.
+    rebuilt = build_index(tmp_path / "after.csv", tmp_path / "index", sample_columns, progress=False)
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert rebuilt.reused_embeddings == 65 and manifest["encoder"]["dtype"] == "bfloat16"
 
 
 def test_an_index_and_its_tagger_can_be_moved_together(sample, sample_columns, encoder, tiny_tagger, tmp_path, capsys):
