@@ -238,9 +238,9 @@ def _clean(column: pl.Expr, form: str) -> pl.Expr:
 
 
 def _tag_list(text: pl.Expr) -> pl.Expr:
-    """A tags field as a list: split, empty ones dropped, repeats removed, first order kept."""
+    """A tags field as a list: split, empty ones dropped, repeats (whatever their case) removed, first kept."""
     return (text.str.replace_all(TAG_SEPARATORS, ";").str.split(";")
-            .list.eval(pl.element().filter(pl.element() != "").unique(maintain_order=True)))
+            .list.eval(pl.element().filter((pl.element() != "") & pl.element().str.to_lowercase().is_first_distinct())))
 
 
 def _truncate(frame: pl.DataFrame, field: str, max_chars: int) -> pl.DataFrame:

@@ -150,11 +150,9 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     count_of = dict(zip(counts["category"].to_list(), counts["count"].to_list()))
     leaf_weights = np.array([max(count_of.get(label, 0), 1) ** -config.class_weight_power for label in labels])
     leaf_weights = leaf_weights / (leaf_weights * np.array([count_of.get(l, 0) for l in labels])).sum() * train["category"].count()
-    tag_counts = train["tags"].explode().drop_nulls().value_counts(sort=True)
-    learned_tag_counts = {t: int(n) for t, n in zip(tag_counts["tags"].to_list(), tag_counts["count"].to_list())
-                          if n >= config.tag_min_count}  # most frequent first
+    learned_tag_counts = tag_counts(train["tags"], config.tag_min_count)
     tag_labels = sorted(learned_tag_counts)
-    tag_id = {tag: i for i, tag in enumerate(tag_labels)}
+    tag_id = {tag.lower(): i for i, tag in enumerate(tag_labels)}  # tags match whatever their case
     n_paths = len(labels)
 
     # split_batches: each process takes its share of one batch, so the number of optimizer steps, and with it the
@@ -180,7 +178,7 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
         if tag_labels:
             targets = np.zeros((frame.height, len(tag_labels)), np.float32)
             for row, tags in enumerate(frame["tags"].to_list()):
-                targets[row, [tag_id[t] for t in tags or [] if t in tag_id]] = 1.0
+                targets[row, [tag_id[t.lower()] for t in tags or [] if t.lower() in tag_id]] = 1.0
             data = data.add_column("tag_targets", targets.tolist())
         return data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=config.max_length),
                         batched=True, remove_columns=["text"])
@@ -303,6 +301,16 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
         Tagger(best.cpu(), tokenizer, info).save(out_dir)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def tag_counts(tags: pl.Series, min_count: int) -> dict[str, int]:
+    """Listings per tag, for the tags at least `min_count` listings carry, most frequent first. Tags are told apart
+    without regard to case, as Shopify's are: "Metal" and "metal" are one tag, named by its most common spelling."""
+    spellings = (pl.DataFrame({"tag": tags.explode().drop_nulls()}).with_columns(key=pl.col("tag").str.to_lowercase())
+                 .group_by("key", "tag").len().sort("key", "len", "tag", descending=[False, True, False]))
+    merged = spellings.group_by("key", maintain_order=True).agg(pl.col("tag").first(), pl.col("len").sum())
+    merged = merged.filter(pl.col("len") >= min_count).sort("len", "tag", descending=[True, False])
+    return {tag: int(n) for tag, n in zip(merged["tag"].to_list(), merged["len"].to_list())}
 
 
 def micro_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:

@@ -176,9 +176,9 @@ def test_a_delimiter_that_is_not_one_character_is_refused(delimiter):
 
 
 def test_a_catalogs_own_tags_are_read_as_lists_from_text_or_list_columns(tmp_path):
-    (tmp_path / "t.csv").write_text("sku,name,labels\nx1,Car,metal; ages 3+ | metal\nx2,Doll,\nx3,Kite,; |\n")
+    (tmp_path / "t.csv").write_text("sku,name,labels\nx1,Car,metal; ages 3+ | Metal\nx2,Doll,\nx3,Kite,; |\n")
     columns = Columns(id="sku", title="name", brand=None, text=(), category=None, tags="labels")
-    assert load_catalog(tmp_path / "t.csv", columns)["tags"].to_list() == [["metal", "ages 3+"], [], []]
+    assert load_catalog(tmp_path / "t.csv", columns)["tags"].to_list() == [["metal", "ages 3+"], [], []]  # one metal
     pl.DataFrame({"sku": ["x1", "x2"], "name": ["Car", "Doll"], "labels": [["metal", "red"], []]}).write_ndjson(tmp_path / "t.jsonl")
     assert load_catalog(tmp_path / "t.jsonl", columns)["tags"].to_list() == [["metal", "red"], []]
     assert load_catalog(tmp_path / "t.jsonl", columns.updated(tags=""))["tags"].to_list() == [[], []]  # no tags column

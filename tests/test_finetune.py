@@ -208,3 +208,20 @@ def test_the_tagger_predicts_in_bf16_as_it_was_validated_and_agrees_with_fp32(ti
     assert next(fast.model.parameters()).dtype == torch.float32  # autocast: the weights stay as trained
     p32, p16 = exact.probabilities(texts), fast.probabilities(texts)
     assert np.abs(p32 - p16).max() < 0.05 and (p32.argmax(1) == p16.argmax(1)).mean() >= 0.95
+
+
+def test_tags_are_told_apart_without_regard_to_case_and_named_by_their_most_common_spelling(
+        tiny_bert, tagged_catalog, sample_columns, tmp_path):
+    from enrich.finetune import tag_counts
+
+    spelled = pl.Series([["Metal", "ages 3+"], ["metal"], ["metal", "LEGO"], ["Lego"], ["LEGO"], ["metal"]])
+    assert tag_counts(spelled, 2) == {"metal": 4, "LEGO": 3}
+    frame = pl.read_csv(tagged_catalog, infer_schema=False)
+    # Every third 'party' written 'Party': still one tag, learned from every listing that carries it.
+    frame.with_columns(pl.when(pl.int_range(pl.len()) % 3 == 0).then(pl.col("tags").str.replace("party", "Party"))
+                       .otherwise(pl.col("tags")).alias("tags")).write_csv(tmp_path / "cased.csv")
+    train, _ = training_data(tmp_path / "cased.csv", sample_columns, config(tiny_bert))
+    finetune(tmp_path / "cased.csv", tmp_path / "m", sample_columns, config(tiny_bert, epochs=1), progress=False)
+    info = Tagger.load(tmp_path / "m").info
+    assert info["tag_labels"] == ["party", "vehicle"]
+    assert info["tag_counts"]["party"] == train["tags"].explode().str.to_lowercase().eq("party").sum()
