@@ -691,9 +691,9 @@ def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, co
     # or the one it came with where the describer's `bridge` says "given" (see TaxonomyConfig.bridge).
     came_with = np.flatnonzero(ok["category"].is_not_null().to_numpy())
     bridge_predicted = describer.config.taxonomy.bridge == "predicted" and len(came_with) > 0
-    # Where the tagger has anything to read, it reads every listing once, for all of these.
-    reads = found is not None and tagger is not None and (bool(tagger.tag_labels) or bridge_predicted or len(came_with) < ok.height)
-    tagger_logits = tagger.logits(found.texts) if reads else None
+    # Then the tagger reads the listings without a category (in enrich_frame) and those with one (for the bridge):
+    # all of them, once. Otherwise enrich_frame reads what it needs.
+    tagger_logits = tagger.logits(found.texts) if bridge_predicted and tagger is not None else None
     enriched = enrich_frame(chunk, index, encoder, config, False, tagger, found, tagger_logits)
     categories = enriched["category"].filter(usable).to_list()
     if bridge_predicted:
