@@ -48,9 +48,13 @@ AMAZON = Columns(id="uniq_id", title="product_name", brand="manufacturer", text=
 DEFAULT_CATALOG = Path("../shared/data/amazon_uk_toys/catalog.csv")
 
 
+def gpu_name() -> str | None:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def machine(encoder: Encoder) -> str:
     """Where the figures were measured: the CPU's cores, the GPU if any, and the encoder's precision there."""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    gpu = gpu_name() or "no GPU"
     return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}, encoder on {encoder.device} in {str(encoder.dtype).removeprefix('torch.')}"
 
 
@@ -152,7 +156,7 @@ def train_tagger(catalog: Path, reference: pl.DataFrame, folder: Path) -> tuple[
     figures["settings"] = (f"all-MiniLM-L6-v2, {config.epochs} epochs max (patience {config.patience}), batch {config.batch_size},"
                            f" lr {config.learning_rate:g} body / {config.head_learning_rate:g} head, linear warm-up/decay,"
                            f" max {config.max_length} tokens, mixed precision {tagger.info['mixed_precision']}")
-    figures["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "this CPU"
+    figures["device"] = gpu_name() or "this CPU"
     return tagger, figures
 
 
