@@ -188,7 +188,37 @@ def category_sources(index: ReferenceIndex, found, tagger: Tagger | None, truth:
                   "vote + tagger (0.3 / 0.7, the mix before the TF-IDF model)": (VoteConfig(neighbour_weight=0.3, tagger_weight=0.7), [tagged]),
                   "all three (default weights)": (VoteConfig(), [lexical, tagged])}
     out = {name: _mix_scores(index, found, classifiers, truth, config) for name, (config, classifiers) in mixes.items()}
-    return {"mixes": out, "prediction_listings_per_s": per_s}
+    predicted = vote(index.categories[found.positions], found.sims, VoteConfig(), list(sources.values())).category
+    return {"mixes": out, "prediction_listings_per_s": per_s,
+            "label_agreement": label_agreement(index.categories[found.positions], found.sims, truth, predicted)}
+
+
+def label_agreement(candidate_categories: np.ndarray, sims: np.ndarray, truth: list, predicted: list,
+                    thresholds: tuple[float, ...] = (0.98, 0.95, 0.90)) -> list[dict]:
+    """How far the catalog's labels agree with themselves, beside enrich's accuracy on the same listings.
+
+    For the held-out listings whose most similar reference listing with a category is at least this similar (the
+    same product, or a variant of it), the share labelled as that listing is, and the share enrich got right. Near
+    copies labelled apart bound what any classifier can score; the last row is the rest of the held-out listings.
+    """
+    labelled = np.vectorize(bool, otypes=[bool])(candidate_categories)
+    has_neighbour = labelled.any(axis=1)
+    first = labelled.argmax(axis=1)
+    rows = np.arange(len(truth))
+    nearest_category, nearest_sim = candidate_categories[rows, first], sims[rows, first]
+    known = np.array([bool(t) for t in truth]) & has_neighbour
+    same = np.array([a == b for a, b in zip(nearest_category, truth)])
+    right = np.array([a == b for a, b in zip(predicted, truth)])
+    out = []
+    for threshold in thresholds:
+        chosen = known & (nearest_sim >= threshold)
+        out.append({"min_cosine": threshold, "listings": int(chosen.sum()),
+                     "labelled_as_nearest": float(same[chosen].mean()) if chosen.any() else None,
+                     "enrich_accuracy": float(right[chosen].mean()) if chosen.any() else None})
+    rest = known & (nearest_sim < thresholds[-1])
+    out.append({"min_cosine": None, "listings": int(rest.sum()), "labelled_as_nearest": float(same[rest].mean()) if rest.any() else None,
+                "enrich_accuracy": float(right[rest].mean()) if rest.any() else None})
+    return out
 
 
 def weights_on_validation(reference: pl.DataFrame, tagger: Tagger, encoder: Encoder, folder: Path, step: float = 0.05) -> dict:
@@ -580,6 +610,14 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| &nbsp;&nbsp;{name}: full-path acc / weighted F1 / macro F1; top level | "
                      f"{f(row['full path']['accuracy'])} / {f(row['full path']['weighted_f1'])} / "
                      f"{f(row['full path']['macro_f1'])}; {f(row['top level']['accuracy'])} | | |")
+    lowest = None
+    for row in r["category_sources"].get("label_agreement", []):
+        which = f"at cosine >= {row['min_cosine']:.2f}" if row["min_cosine"] is not None else f"below cosine {lowest:.2f}"
+        lowest = row["min_cosine"]
+        if row["listings"]:
+            lines.append(f"| &nbsp;&nbsp;label agreement, held-out listings whose nearest reference listing is {which} "
+                         f"({row['listings']}): labelled as it; enrich's accuracy on them | {f(row['labelled_as_nearest'])}; "
+                         f"{f(row['enrich_accuracy'])} | | report |")
     if "finetune" in r:
         ft, chosen = r["finetune"], r["weights_on_validation"]
         show = lambda row: f"{row[1]:g} / {row[2]:g} / {row[3]:g}: {f(row[0])}"

@@ -83,3 +83,17 @@ def test_the_tags_benchmark_reads_age_bands_and_facts_from_amazon_technical_deta
     assert product_information_tags("Manufacturer recommended age:14 years and up") == ["ages 12+"]
     assert product_information_tags("Manufacturer recommended age:18 months") == ["ages 0-2"]
     assert product_information_tags(None) == [] and product_information_tags("Item Weight 9 g") == []
+
+
+def test_label_agreement_compares_each_listing_with_its_nearest_labelled_reference_listing():
+    from enrich.bench import label_agreement
+
+    # candidates in similarity order; the first of listing 1 has no category, so its nearest labelled one is second
+    candidates = np.array([["A", "B"], [None, "B"], ["A", "A"], ["C", "A"]], dtype=object)
+    sims = np.array([[0.99, 0.5], [0.99, 0.96], [0.97, 0.9], [0.5, 0.4]])
+    truth = ["A", "C", "A", "A"]
+    predicted = ["A", "B", "B", "A"]
+    rows = label_agreement(candidates, sims, truth, predicted, thresholds=(0.98, 0.95))
+    assert rows[0] == {"min_cosine": 0.98, "listings": 1, "labelled_as_nearest": 1.0, "enrich_accuracy": 1.0}
+    assert rows[1] == {"min_cosine": 0.95, "listings": 3, "labelled_as_nearest": 2 / 3, "enrich_accuracy": 1 / 3}
+    assert rows[2] == {"min_cosine": None, "listings": 1, "labelled_as_nearest": 0.0, "enrich_accuracy": 1.0}
