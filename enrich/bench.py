@@ -193,32 +193,46 @@ def category_sources(index: ReferenceIndex, found, tagger: Tagger | None, truth:
             "label_agreement": label_agreement(index.categories[found.positions], found.sims, truth, predicted)}
 
 
+NEAR_COPY_COSINES = (0.98, 0.95, 0.90)  # the nearest reference listing is the same product or a variant of it
+
+
+def similarity_buckets(nearest_sim: np.ndarray, usable: np.ndarray, thresholds=NEAR_COPY_COSINES):
+    """(threshold, mask) of the usable listings whose nearest reference listing is at least that similar, then
+    (None, mask) of the rest."""
+    for threshold in thresholds:
+        yield threshold, usable & (nearest_sim >= threshold)
+    yield None, usable & (nearest_sim < thresholds[-1])
+
+
 def label_agreement(candidate_categories: np.ndarray, sims: np.ndarray, truth: list, predicted: list,
-                    thresholds: tuple[float, ...] = (0.98, 0.95, 0.90)) -> list[dict]:
+                    thresholds: tuple[float, ...] = NEAR_COPY_COSINES) -> list[dict]:
     """How far the catalog's labels agree with themselves, beside enrich's accuracy on the same listings.
 
-    For the held-out listings whose most similar reference listing with a category is at least this similar (the
-    same product, or a variant of it), the share labelled as that listing is, and the share enrich got right. Near
-    copies labelled apart bound what any classifier can score; the last row is the rest of the held-out listings.
+    For the held-out listings whose most similar reference listing with a category is at least this similar, the
+    share labelled as that listing is, and the share enrich got right. Near copies labelled apart bound what any
+    classifier can score; the last row is the rest of the held-out listings.
     """
     labelled = np.vectorize(bool, otypes=[bool])(candidate_categories)
-    has_neighbour = labelled.any(axis=1)
     first = labelled.argmax(axis=1)
     rows = np.arange(len(truth))
     nearest_category, nearest_sim = candidate_categories[rows, first], sims[rows, first]
-    known = np.array([bool(t) for t in truth]) & has_neighbour
+    usable = np.array([bool(t) for t in truth]) & labelled.any(axis=1)
     same = np.array([a == b for a, b in zip(nearest_category, truth)])
     right = np.array([a == b for a, b in zip(predicted, truth)])
-    out = []
-    for threshold in thresholds:
-        chosen = known & (nearest_sim >= threshold)
-        out.append({"min_cosine": threshold, "listings": int(chosen.sum()),
-                     "labelled_as_nearest": float(same[chosen].mean()) if chosen.any() else None,
-                     "enrich_accuracy": float(right[chosen].mean()) if chosen.any() else None})
-    rest = known & (nearest_sim < thresholds[-1])
-    out.append({"min_cosine": None, "listings": int(rest.sum()), "labelled_as_nearest": float(same[rest].mean()) if rest.any() else None,
-                "enrich_accuracy": float(right[rest].mean()) if rest.any() else None})
-    return out
+    share = lambda hits, chosen: float(hits[chosen].mean()) if chosen.any() else None
+    return [{"min_cosine": threshold, "listings": int(chosen.sum()), "labelled_as_nearest": share(same, chosen),
+             "enrich_accuracy": share(right, chosen)} for threshold, chosen in similarity_buckets(nearest_sim, usable, thresholds)]
+
+
+def engagement_agreement(nearest_engagement: np.ndarray, nearest_sim: np.ndarray, truth: np.ndarray, prior: np.ndarray,
+                         thresholds: tuple[float, ...] = NEAR_COPY_COSINES) -> list[dict]:
+    """The same for engagement: Spearman of the held-out listings' true engagement with their nearest reference
+    listing's, and with enrich's prior, by how similar that listing is. How well a near copy's engagement predicts a
+    listing's bounds what any prior built from neighbours can do."""
+    usable = ~np.isnan(truth)
+    spearman = lambda x, chosen: rho(x[chosen], truth[chosen]) if chosen.sum() > 2 else None
+    return [{"min_cosine": threshold, "listings": int(chosen.sum()), "nearest_spearman": spearman(nearest_engagement, chosen),
+             "enrich_spearman": spearman(prior, chosen)} for threshold, chosen in similarity_buckets(nearest_sim, usable, thresholds)]
 
 
 def weights_on_validation(reference: pl.DataFrame, tagger: Tagger, encoder: Encoder, folder: Path, step: float = 0.05) -> dict:
@@ -266,7 +280,11 @@ def benchmark(catalog: Path, seed: int = 0, with_tagger: bool = True) -> dict:
         results["index_seconds"] = time.perf_counter() - started
         index = ReferenceIndex.load(folder / "index", encoder)
         found = find_evidence(held_out, index, encoder, index.neighbors.config.candidates)
-        results["prior_steps"] = prior_ablation(index, found.evidence, held_out["engagement"].to_numpy())
+        truth_engagement = held_out["engagement"].to_numpy().astype(np.float64)
+        results["prior_steps"] = prior_ablation(index, found.evidence, truth_engagement)
+        results["engagement_agreement"] = engagement_agreement(
+            index.engagement[found.positions[:, 0]], found.sims[:, 0], truth_engagement,
+            index.prior.predict(found.evidence).expected)
         results["category_sources"] = category_sources(index, found, tagger, held_out["category"].to_list())
         if tagger is not None:
             results["weights_on_validation"] = weights_on_validation(reference, tagger, encoder, folder)
@@ -593,6 +611,14 @@ def to_markdown(r: dict) -> str:
         if name in ("TF-IDF nearest neighbours", "MiniLM nearest neighbours", "true category's mean")) + " | >= 0.45 |")
     for step, value in r["prior_steps"].items():
         lines.append(f"| &nbsp;&nbsp;prior step: {step} | {f(value)} | | |")
+    lowest = None
+    for row in r.get("engagement_agreement", []):
+        which = f"at cosine >= {row['min_cosine']:.2f}" if row["min_cosine"] is not None else f"below cosine {lowest:.2f}"
+        lowest = row["min_cosine"]
+        if row["nearest_spearman"] is not None:
+            lines.append(f"| &nbsp;&nbsp;engagement agreement, held-out listings whose nearest reference listing is {which} "
+                         f"({row['listings']}): Spearman of its engagement; of enrich's prior | {f(row['nearest_spearman'])}; "
+                         f"{f(row['enrich_spearman'])} | | report |")
     lines.append(f"| 80% interval coverage | {f(m['priors']['interval_coverage']['enrich'])} | | 0.70 to 0.90 |")
     precision = m["neighbors"]["precision@10"]
     lines.append(f"| same-leaf precision@10 of neighbors | **{f(precision['enrich'])}** | "

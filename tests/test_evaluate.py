@@ -97,3 +97,16 @@ def test_label_agreement_compares_each_listing_with_its_nearest_labelled_referen
     assert rows[0] == {"min_cosine": 0.98, "listings": 1, "labelled_as_nearest": 1.0, "enrich_accuracy": 1.0}
     assert rows[1] == {"min_cosine": 0.95, "listings": 3, "labelled_as_nearest": 2 / 3, "enrich_accuracy": 1 / 3}
     assert rows[2] == {"min_cosine": None, "listings": 1, "labelled_as_nearest": 0.0, "enrich_accuracy": 1.0}
+
+
+def test_engagement_agreement_scores_the_nearest_listing_and_the_prior_by_similarity():
+    from enrich.bench import engagement_agreement
+
+    truth = np.array([1.0, 5.0, 9.0, 2.0, 7.0, 3.0, np.nan])
+    nearest = np.array([2.0, 4.0, 8.0, 9.0, 1.0, 5.0, 1.0])  # agrees on the first three, is reversed on the rest
+    sims = np.array([0.99, 0.99, 0.99, 0.5, 0.5, 0.5, 0.99])
+    prior = truth.copy()
+    rows = engagement_agreement(nearest, sims, truth, prior, thresholds=(0.95,))
+    assert [row["listings"] for row in rows] == [3, 3]  # the listing without engagement is left out
+    assert rows[0]["nearest_spearman"] == pytest.approx(1.0) and rows[1]["nearest_spearman"] == pytest.approx(-1.0)
+    assert rows[0]["enrich_spearman"] == pytest.approx(1.0) and rows[1]["enrich_spearman"] == pytest.approx(1.0)
