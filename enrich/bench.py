@@ -160,10 +160,17 @@ def train_tagger(catalog: Path, reference: pl.DataFrame, folder: Path) -> tuple[
     return tagger, figures
 
 
-def _mix_scores(index: ReferenceIndex, found, classifiers: list[ClassifierScores], truth: list, config: VoteConfig) -> dict:
-    votes = vote(index.categories[found.positions], found.sims, config, classifiers)
-    metrics = tag_metrics(votes.category, truth)
+def _mix_categories(index: ReferenceIndex, found, classifiers: list[ClassifierScores], config: VoteConfig) -> list[str | None]:
+    return vote(index.categories[found.positions], found.sims, config, classifiers).category
+
+
+def _category_scores(predicted: list[str | None], truth: list) -> dict:
+    metrics = tag_metrics(predicted, truth)
     return {"full path": metrics["full path"], "top level": metrics["level 1"]}
+
+
+def _mix_scores(index: ReferenceIndex, found, classifiers: list[ClassifierScores], truth: list, config: VoteConfig) -> dict:
+    return _category_scores(_mix_categories(index, found, classifiers, config), truth)
 
 
 def _sources(index: ReferenceIndex, found, tagger: Tagger | None) -> tuple[dict[str, ClassifierScores], float | None]:
@@ -180,17 +187,19 @@ def category_sources(index: ReferenceIndex, found, tagger: Tagger | None, truth:
     sources, per_s = _sources(index, found, tagger)
     lexical, tagged = sources["lexical"], sources.get("tagger")
     only = VoteConfig(neighbour_weight=0.0)
+    every_source = "vote + TF-IDF category model (default weights)"  # what `enrich run` writes without a tagger
     mixes = {"neighbours' vote only": (VoteConfig(), []),
              "TF-IDF category model only": (only, [lexical]),
-             "vote + TF-IDF category model (default weights)": (VoteConfig(), [lexical])}
+             every_source: (VoteConfig(), [lexical])}
     if tagged is not None:
+        every_source = "all three (default weights)"
         mixes |= {"tagger only": (only, [tagged]),
                   "vote + tagger (0.3 / 0.7, the mix before the TF-IDF model)": (VoteConfig(neighbour_weight=0.3, tagger_weight=0.7), [tagged]),
-                  "all three (default weights)": (VoteConfig(), [lexical, tagged])}
-    out = {name: _mix_scores(index, found, classifiers, truth, config) for name, (config, classifiers) in mixes.items()}
-    predicted = vote(index.categories[found.positions], found.sims, VoteConfig(), list(sources.values())).category
-    return {"mixes": out, "prediction_listings_per_s": per_s,
-            "label_agreement": label_agreement(index.categories[found.positions], found.sims, truth, predicted)}
+                  every_source: (VoteConfig(), [lexical, tagged])}
+    predicted = {name: _mix_categories(index, found, classifiers, config) for name, (config, classifiers) in mixes.items()}
+    return {"mixes": {name: _category_scores(categories, truth) for name, categories in predicted.items()},
+            "prediction_listings_per_s": per_s,
+            "label_agreement": label_agreement(index.categories[found.positions], found.sims, truth, predicted[every_source])}
 
 
 NEAR_COPY_COSINES = (0.98, 0.95, 0.90)  # the nearest reference listing is the same product or a variant of it
@@ -601,6 +610,18 @@ def tags_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _agreement_lines(rows: list[dict], measure: str, shown: str, keys: tuple[str, str]) -> list[str]:
+    """One table row per similarity bucket of `label_agreement` or `engagement_agreement`, those with a figure."""
+    lines, lowest = [], None
+    for row in rows:
+        which = f"at cosine >= {row['min_cosine']:.2f}" if row["min_cosine"] is not None else f"below cosine {lowest:.2f}"
+        lowest = row["min_cosine"]
+        if row[keys[0]] is not None:
+            lines.append(f"| &nbsp;&nbsp;{measure}, held-out listings whose nearest reference listing is {which} "
+                         f"({row['listings']}): {shown} | {row[keys[0]]:.3f}; {row[keys[1]]:.3f} | | report |")
+    return lines
+
+
 def to_markdown(r: dict) -> str:
     f = lambda x: f"{x:.3f}"
     m = r["eval"]
@@ -611,14 +632,8 @@ def to_markdown(r: dict) -> str:
         if name in ("TF-IDF nearest neighbours", "MiniLM nearest neighbours", "true category's mean")) + " | >= 0.45 |")
     for step, value in r["prior_steps"].items():
         lines.append(f"| &nbsp;&nbsp;prior step: {step} | {f(value)} | | |")
-    lowest = None
-    for row in r.get("engagement_agreement", []):
-        which = f"at cosine >= {row['min_cosine']:.2f}" if row["min_cosine"] is not None else f"below cosine {lowest:.2f}"
-        lowest = row["min_cosine"]
-        if row["nearest_spearman"] is not None:
-            lines.append(f"| &nbsp;&nbsp;engagement agreement, held-out listings whose nearest reference listing is {which} "
-                         f"({row['listings']}): Spearman of its engagement; of enrich's prior | {f(row['nearest_spearman'])}; "
-                         f"{f(row['enrich_spearman'])} | | report |")
+    lines += _agreement_lines(r.get("engagement_agreement", []), "engagement agreement", "Spearman of its engagement; of enrich's prior",
+                              ("nearest_spearman", "enrich_spearman"))
     lines.append(f"| 80% interval coverage | {f(m['priors']['interval_coverage']['enrich'])} | | 0.70 to 0.90 |")
     precision = m["neighbors"]["precision@10"]
     lines.append(f"| same-leaf precision@10 of neighbors | **{f(precision['enrich'])}** | "
@@ -636,14 +651,8 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| &nbsp;&nbsp;{name}: full-path acc / weighted F1 / macro F1; top level | "
                      f"{f(row['full path']['accuracy'])} / {f(row['full path']['weighted_f1'])} / "
                      f"{f(row['full path']['macro_f1'])}; {f(row['top level']['accuracy'])} | | |")
-    lowest = None
-    for row in r["category_sources"].get("label_agreement", []):
-        which = f"at cosine >= {row['min_cosine']:.2f}" if row["min_cosine"] is not None else f"below cosine {lowest:.2f}"
-        lowest = row["min_cosine"]
-        if row["listings"]:
-            lines.append(f"| &nbsp;&nbsp;label agreement, held-out listings whose nearest reference listing is {which} "
-                         f"({row['listings']}): labelled as it; enrich's accuracy on them | {f(row['labelled_as_nearest'])}; "
-                         f"{f(row['enrich_accuracy'])} | | report |")
+    lines += _agreement_lines(r["category_sources"].get("label_agreement", []), "label agreement",
+                              "labelled as it; enrich's accuracy on them", ("labelled_as_nearest", "enrich_accuracy"))
     if "finetune" in r:
         ft, chosen = r["finetune"], r["weights_on_validation"]
         show = lambda row: f"{row[1]:g} / {row[2]:g} / {row[3]:g}: {f(row[0])}"
