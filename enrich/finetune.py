@@ -268,11 +268,12 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     best = AutoModelForSequenceClassification.from_pretrained(checkpoints / "best").to(accelerator.device)
     val_logits, val_labels, val_tags = _predict(best, validation_loader, accelerator)
     val_tag_logits = val_logits[:, n_paths:]
-    labelled = val_labels != NO_CATEGORY  # paths are scored and calibrated on the listings that have one
+    accuracy = validation_scores(val_logits, val_labels, None, n_paths)["validation_accuracy"]
+    labelled = val_labels != NO_CATEGORY  # paths are calibrated on the listings that have one
     val_logits, val_labels = val_logits[labelled, :n_paths], val_labels[labelled]
     temperature = fit_temperature(val_logits, val_labels)
     metrics = {
-        "validation_accuracy": float((val_logits.argmax(1) == val_labels).mean()),
+        "validation_accuracy": accuracy,
         "validation_rows": len(val_labels),
         "calibration_error_before": calibration_error(softmax(val_logits), val_labels),
         "calibration_error_after": calibration_error(softmax(val_logits / temperature), val_labels),
