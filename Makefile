@@ -8,7 +8,7 @@ CATALOG ?= ../shared/data/amazon_uk_toys/catalog.csv
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo describe finetune test eval bench bench-llm bench-tags scale
+.PHONY: help setup demo describe finetune test test-all eval bench bench-llm bench-tags scale
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,9 +26,12 @@ demo: ## train a small tagger on the bundled sample (~1 min), index its 1,000 li
 		--out $(OUT)/sample-tagger --epochs 3 --learning-rate 2e-4 --max-length 32
 	$(BIN)/enrich index $(SAMPLE)/reference.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/sample-index --model $(OUT)/sample-tagger
 	$(BIN)/enrich run $(SAMPLE)/new.csv --index $(OUT)/sample-index --columns $(SAMPLE)/columns.toml --out $(OUT)/demo.parquet
-	@$(BIN)/python -c "import polars as pl; pl.Config(tbl_rows=5, fmt_str_lengths=70, tbl_width_chars=150); \
-	print(pl.read_parquet('$(OUT)/demo.parquet').select('category', 'category_score', 'exposure_prior', \
-	'exposure_prior_low', 'exposure_prior_high', 'prior_evidence').head(5))"
+	@$(BIN)/python -c "import polars as pl; pl.Config(tbl_rows=8, fmt_str_lengths=48, tbl_width_chars=200, tbl_hide_dataframe_shape=True); \
+	titles = pl.read_csv('$(SAMPLE)/new.csv', infer_schema=False).select(id='uniq_id', title='product_name'); \
+	out = titles.join(pl.read_parquet('$(OUT)/demo.parquet'), on='id', maintain_order='left'); \
+	print(out.select('title', 'category', pl.col('category_score').round(2).alias('score'), \
+	pl.col('exposure_prior').round(1).alias('prior'), pl.format('{}..{}', pl.col('exposure_prior_low').round(1), \
+	pl.col('exposure_prior_high').round(1)).alias('80% interval'), pl.col('prior_evidence').round(2).alias('evidence')).head(8))"
 
 describe: ## the LLM stage on the bundled sample: grounded attributes and a Shopify category for the 200 new listings
 	$(BIN)/enrich attributes $(SAMPLE)/new.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/describe.parquet
@@ -38,20 +41,23 @@ describe: ## the LLM stage on the bundled sample: grounded attributes and a Shop
 finetune: ## fine-tune the tag classifier: make finetune [CATALOG=file.csv] [ARGS="--epochs 3 --columns map.toml"]
 	$(BIN)/enrich finetune $(CATALOG) --out $(OUT)/tagger $(if $(findstring --columns,$(ARGS)),,--columns $(SAMPLE)/columns.toml) $(ARGS)
 
-test: ## the test suite (the default run: no GPU, no network, under a few minutes)
+test: ## the test suite (the default run: no GPU, no network, about 3 minutes on 2 cores)
 	$(BIN)/python -m pytest -q
+
+test-all: ## every test, the slow ones too (what CI runs besides `make test`)
+	$(BIN)/python -m pytest -q -m ""
 
 eval: ## hold out 20% of ../shared/data/amazon_uk_toys/catalog.csv, enrich and score it (out/eval/)
 	$(BIN)/enrich eval ../shared/data/amazon_uk_toys/catalog.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/eval
 
-bench: ## the benchmark table on ../shared/data/amazon_uk_toys (out/bench.md, out/bench.json)
-	$(BIN)/python -m enrich.bench --catalog ../shared/data/amazon_uk_toys/catalog.csv --out $(OUT) $(ARGS)
+bench: ## the benchmarks on ../shared/data/amazon_uk_toys (out/bench*.md, .json; the tables in docs/benchmarks.md)
+	$(BIN)/python -m benchmarks.bench --out $(OUT) $(ARGS)
 
-bench-llm: ## the LLM stage against the 110 hand-labelled listings in tests/data (out/bench-llm.md, .json)
-	$(BIN)/python -m enrich.bench --llm-only --out $(OUT) $(ARGS)
+bench-llm: ## the LLM stage against the hand-labelled listings in tests/data (out/bench-llm.md, .json)
+	$(BIN)/python -m benchmarks.llm --out $(OUT) $(ARGS)
 
 bench-tags: ## a catalog's own tags (age band, batteries, assembly from with_descriptions.csv), tagger vs TF-IDF (out/bench-tags.md)
-	$(BIN)/python -m enrich.bench --tags-only --out $(OUT) $(ARGS)
+	$(BIN)/python -m benchmarks.tags --out $(OUT) $(ARGS)
 
 scale: ## time and peak memory of index, update and run at 100k synthetic listings; ARGS="--sizes 1000000 --index-only" for 1M
-	$(BIN)/python -m enrich.scale --catalog $(CATALOG) --out $(OUT) $(if $(ARGS),$(ARGS),--sizes 100000 --new 10000 --added 1000)
+	$(BIN)/python -m benchmarks.scale --catalog $(CATALOG) --out $(OUT) $(if $(ARGS),$(ARGS),--sizes 100000 --new 10000 --added 1000)

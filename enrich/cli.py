@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
 
+from enrich.catalog import CatalogError, Columns
+from enrich.files import OutputError
+from enrich.llm.taxonomy import TaxonomyConfig
+
 
 def quiet_hugging_face() -> None:
-    """Hugging Face's own bars and notices ("Loading weights", "Writing model shards", the new head's load report)
-    would bury enrich's progress and summary; set these variables to 0 / warning to see them again. Libraries
-    imported before this module (`python -m enrich.finetune` imports transformers first) are told directly."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if "transformers" in sys.modules:
-        from transformers.utils import logging
+    """Hugging Face's own bars and notices ("Loading weights", the new head's load report) would bury enrich's
+    progress and summary. `datasets` (seconds to import) is quietened where it is in use: fine-tuning."""
+    import huggingface_hub
+    from transformers.utils import logging
 
-        if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
-            logging.disable_progress_bar()
-        if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
-            logging.set_verbosity_error()
-    if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1":
-        import datasets
-
-        datasets.disable_progress_bars()
-
-
-quiet_hugging_face()
-
-from enrich.catalog import CatalogError, Columns
-from enrich.taxonomy import TaxonomyConfig
+    huggingface_hub.utils.disable_progress_bars()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def _column_flags(parser: argparse.ArgumentParser) -> None:
@@ -101,9 +91,9 @@ def _llm_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _describer(args: argparse.Namespace, encoder):
-    from enrich.attributes import AttributeConfig
-    from enrich.describe import DescribeConfig, Describer
-    from enrich.llm import LLMConfig
+    from enrich.llm.attributes import AttributeConfig
+    from enrich.llm.chooser import LLMConfig
+    from enrich.llm.describe import DescribeConfig, Describer
 
     config = DescribeConfig(
         llm=LLMConfig.from_env(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url,
@@ -152,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     attributes.add_argument("--out", required=True, help="output table: Parquet, or CSV when the name ends in .csv")
     _column_flags(attributes)
     _llm_flags(attributes)
+
     evaluate = commands.add_parser("eval", parents=[quiet], help="hold listings out of a catalog, enrich them, score them beside baselines")
     evaluate.add_argument("catalog", help="catalog with known categories and engagement")
     evaluate.add_argument("--out", default="out/eval", help="folder for eval.md, eval.json and the plots (default out/eval)")
@@ -160,11 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--date-col", help="a date column: hold out the latest listings instead (time split)")
     _column_flags(evaluate)
 
-    finetune = commands.add_parser("finetune", parents=[quiet], help="fine-tune the BERT tag classifier on a catalog with category paths")
+    finetune = commands.add_parser("finetune", parents=[quiet], help="fine-tune the BERT tagger on a catalog with category paths")
     finetune.add_argument("catalog", help="catalog with a category path per listing")
     finetune.add_argument("--out", required=True, help="model folder (safetensors, labels, config, metrics); resumes if it holds a checkpoint")
     _column_flags(finetune)
-    from enrich.finetune import add_config_flags
+    from enrich.category.finetune import add_config_flags
 
     add_config_flags(finetune)
 
@@ -177,81 +168,99 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from enrich.index.build import build_index
+    from enrich.index.update import update_index
+
+    if args.update:
+        summary = update_index(args.reference, args.out, columns, progress=progress)
+        return summary.lines("usable") + [f"  unchanged listings kept without re-embedding: {summary.reused_embeddings}",
+                                          f"index updated in {args.out}"]
+    summary = build_index(args.reference, args.out, columns, progress=progress, tagger_dir=args.model, engine=_engine(args))
+    return summary.lines("indexed") + [f"  embeddings reused from the earlier build: {summary.reused_embeddings}",
+                                       f"index written to {args.out}"]
+
+
+def _run(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from enrich.config import EnrichConfig
+    from enrich.embed import Encoder
+    from enrich.index.store import encoder_for
+    from enrich.run.loop import enrich
+
+    config = EnrichConfig()
+    if args.neighbors is not None:
+        config = replace(config, vote=replace(config.vote, top_k=args.neighbors))
+    describer = encoder = None
+    if args.describe:
+        # One encoder for the run and the LLM stage: the index's own.
+        encoder = encoder_for(args.index) if args.index else Encoder(config.encoder)
+        describer = _describer(args, encoder)
+    summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference, columns=columns, config=config,
+                     progress=progress, tagger_dir=args.model, part_rows=args.part_rows, describer=describer,
+                     engine=_engine(args), encoder=encoder)
+    return summary.lines("enriched") + [f"output written to {args.out}"]
+
+
+def _finetune(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from accelerate import PartialState
+
+    from enrich.category.finetune import config_from, finetune
+
+    quiet_hugging_face()  # again, now that fine-tuning has imported `datasets`
+    metrics = finetune(args.catalog, args.out, columns, config_from(args), progress=progress)
+    if not PartialState().is_main_process:  # under `accelerate launch` every process returns; one summary
+        return []
+    lines = [f"fine-tuned on {metrics['train_rows']} listings in {metrics['seconds']:.0f} s ({metrics['epochs_run']} epochs,"
+             f" best {metrics['best_epoch']}): validation accuracy {metrics['validation_accuracy']:.3f},"
+             f" calibration error {metrics['calibration_error_before']:.3f} -> {metrics['calibration_error_after']:.3f}",
+             f"model written to {args.out}"]
+    if "tags" in metrics:
+        t = metrics["tags"]
+        chosen = "chosen on validation" if t["chosen_on_validation"] else "given"
+        lines.insert(1, f"  the catalog's own tags: {t['tags']} learned; at threshold {t['threshold']:.2f} ({chosen})"
+                        f" validation precision {t['precision']:.3f}, recall {t['recall']:.3f}, F1 {t['f1']:.3f}")
+    return lines
+
+
+def _eval(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from enrich.evaluation.evaluate import EvalConfig, evaluate
+    from enrich.evaluation.report import write_report
+
+    evaluation = evaluate(args.catalog, columns, EvalConfig(holdout=args.holdout, seed=args.seed, date_column=args.date_col),
+                          progress=progress)
+    print(evaluation.markdown())
+    return [f"report written to {', '.join(str(p) for p in write_report(evaluation, args.out))}"]
+
+
+def _attributes(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from enrich.catalog import CleaningConfig, load_catalog
+    from enrich.embed import Encoder
+    from enrich.files import check_output_path
+    from enrich.llm.describe import describe_catalog
+
+    check_output_path(args.out, inputs=(args.listings,))
+    frame = load_catalog(args.listings, columns, CleaningConfig())
+    manifest = describe_catalog(frame, _describer(args, Encoder()), args.out, progress=progress)
+    return [f"{manifest['rows']} rows read, {manifest['described']} described in {manifest['seconds']:.1f} s"
+            f" ({manifest['rows'] - manifest['described']} refused: see status)", f"output written to {args.out}"]
+
+
+def _explain(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from enrich.run.explain import explain
+
+    print(explain(args.id, args.input, args.index, columns, tagger_dir=args.model))
+    return []
+
+
+COMMANDS = {"index": _index, "run": _run, "finetune": _finetune, "eval": _eval, "attributes": _attributes, "explain": _explain}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # Imported here so `enrich --help` answers at once; torch and transformers take seconds to load.
-    from enrich.pipeline import EnrichConfig, build_index, enrich, update_index
-
-    progress = not getattr(args, "quiet", True)
+    quiet_hugging_face()
     try:
-        columns = _columns(args)
-        if args.command == "index":
-            if args.update:
-                summary = update_index(args.reference, args.out, columns, progress=progress)
-                lines = summary.lines("usable") + [f"  unchanged listings kept without re-embedding: {summary.reused_embeddings}",
-                                                   f"index updated in {args.out}"]
-            else:
-                summary = build_index(args.reference, args.out, columns, progress=progress, tagger_dir=args.model,
-                                      engine=_engine(args))
-                lines = summary.lines("indexed") + [f"  embeddings reused from the earlier build: {summary.reused_embeddings}",
-                                                    f"index written to {args.out}"]
-        elif args.command == "eval":
-            from enrich.evaluate import EvalConfig, evaluate, write_report
-
-            evaluation = evaluate(args.catalog, columns, EvalConfig(holdout=args.holdout, seed=args.seed, date_column=args.date_col),
-                                  progress=progress)
-            print(evaluation.markdown())
-            written = write_report(evaluation, args.out)
-            lines = [f"report written to {', '.join(str(p) for p in written)}"]
-        elif args.command == "finetune":
-            from accelerate import PartialState
-
-            from enrich.finetune import config_from, finetune
-
-            metrics = finetune(args.catalog, args.out, columns, config_from(args), progress=progress)
-            lines = [f"fine-tuned on {metrics['train_rows']} listings in {metrics['seconds']:.0f} s ({metrics['epochs_run']} epochs,"
-                     f" best {metrics['best_epoch']}): validation accuracy {metrics['validation_accuracy']:.3f},"
-                     f" calibration error {metrics['calibration_error_before']:.3f} -> {metrics['calibration_error_after']:.3f}",
-                     f"model written to {args.out}"]
-            if "tags" in metrics:
-                t = metrics["tags"]
-                chosen = "chosen on validation" if t["chosen_on_validation"] else "given"
-                lines.insert(1, f"  the catalog's own tags: {t['tags']} learned; at threshold {t['threshold']:.2f} ({chosen})"
-                                f" validation precision {t['precision']:.3f}, recall {t['recall']:.3f}, F1 {t['f1']:.3f}")
-            if not PartialState().is_main_process:  # under `accelerate launch` every process returns; one summary
-                lines = []
-        elif args.command == "attributes":
-            from enrich.catalog import CleaningConfig, check_output_path, load_catalog
-            from enrich.describe import describe_catalog
-            from enrich.embed import Encoder
-
-            check_output_path(args.out, inputs=(args.listings,))
-            frame = load_catalog(args.listings, columns, CleaningConfig())
-            manifest = describe_catalog(frame, _describer(args, Encoder()), args.out, progress=progress)
-            lines = [f"{manifest['rows']} rows read, {manifest['described']} described in {manifest['seconds']:.1f} s"
-                     f" ({manifest['rows'] - manifest['described']} refused: see status)", f"output written to {args.out}"]
-        elif args.command == "explain":
-            from enrich.explain import explain
-
-            print(explain(args.id, args.input, args.index, columns, tagger_dir=args.model))
-            lines = []
-        else:
-            config = EnrichConfig()
-            if args.neighbors:
-                config = replace(config, vote=replace(config.vote, top_k=args.neighbors))
-            describer = encoder = None
-            if args.describe:
-                from enrich.embed import Encoder
-                from enrich.pipeline import encoder_for
-
-                # One encoder for the run and the LLM stage: the index's own.
-                encoder = encoder_for(args.index) if args.index else Encoder(config.encoder)
-                describer = _describer(args, encoder)
-            summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference,
-                             columns=columns, config=config, progress=progress, tagger_dir=args.model,
-                             part_rows=args.part_rows, describer=describer, engine=_engine(args), encoder=encoder)
-            lines = summary.lines("enriched") + [f"output written to {args.out}"]
-    except (CatalogError, ValueError, FileNotFoundError) as e:
+        lines = COMMANDS[args.command](args, _columns(args), not getattr(args, "quiet", True))
+    except (CatalogError, OutputError, ValueError, FileNotFoundError) as e:
         print(f"enrich: error: {e}", file=sys.stderr)
         return 2
     if lines:

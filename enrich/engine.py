@@ -20,6 +20,11 @@ import numpy as np
 import polars as pl
 
 from enrich.catalog import CatalogError
+from enrich.category.tagger import Tagger
+from enrich.embed import Encoder
+from enrich.index.store import ReferenceIndex, encoder_for
+from enrich.llm.describe import Describer
+from enrich.run.score import enrich_part
 
 PART_COLUMN = "_part"
 
@@ -74,8 +79,6 @@ class _Embedder:
     """A Ray actor: one encoder, vectors for batches of texts."""
 
     def __init__(self, encoder_config, cpus: int):
-        from enrich.embed import Encoder
-
         _set_threads(cpus)
         self.encoder = Encoder(encoder_config)
 
@@ -114,9 +117,6 @@ class _Enricher:
     """A Ray actor: the index, the encoder, the tagger and the LLM stage loaded once; parts of new listings in."""
 
     def __init__(self, index_dir: str, config, tagger_dir: str | None, describe_config, cpus: int):
-        from enrich.pipeline import ReferenceIndex, encoder_for
-        from enrich.tagger import Tagger
-
         _set_threads(cpus)
         self.encoder = encoder_for(index_dir)
         self.index = ReferenceIndex.load(index_dir, self.encoder)
@@ -124,13 +124,9 @@ class _Enricher:
         self.tagger = Tagger.load(tagger_dir) if tagger_dir else None
         self.describer = None
         if describe_config is not None:
-            from enrich.describe import Describer
-
             self.describer = Describer(describe_config, self.encoder)
 
     def __call__(self, batch):
-        from enrich.pipeline import enrich_part
-
         frame = pl.from_arrow(batch)
         parts = frame[PART_COLUMN]
         out = enrich_part(frame.drop(PART_COLUMN), self.index, self.encoder, self.config, self.tagger, self.describer)

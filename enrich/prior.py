@@ -23,6 +23,9 @@ import scipy.sparse as sp
 from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
 
+from enrich.index.lexical import pairwise_cosine
+from enrich.index.neighbors import NeighborIndex
+
 FEATURES = (
     "neighbors_eb",  # similarity-weighted neighbour mean, shrunk toward the global mean
     "neighbors_mean",  # neighbour mean with weights relative to the best match
@@ -80,8 +83,32 @@ def brand_key(brand: str | None) -> str:
     return " ".join((brand or "").lower().split())
 
 
+def gather_evidence(lexical_rows: sp.csr_matrix, vectors: np.ndarray, positions: np.ndarray, sims: np.ndarray,
+                    brands: list[str | None], reference_lexical: sp.csr_matrix, reference_engagement: np.ndarray) -> Evidence:
+    """The prior's evidence for listings whose candidates (`positions`, `sims`) in the index are known."""
+    return Evidence(
+        neighbor_engagement=reference_engagement[positions], sims=sims,
+        lexical_sims=pairwise_cosine(lexical_rows, reference_lexical, positions),
+        brands=[brand_key(b) for b in brands],
+        text_features=sp.hstack([lexical_rows, sp.csr_matrix(vectors)]).tocsr(),
+    )
+
+
+def reference_evidence(embeddings: np.ndarray | None, neighbors: NeighborIndex, lexical_matrix: sp.csr_matrix,
+                       engagement: np.ndarray, brands: list[str | None], k: int, rows: np.ndarray | None = None) -> Evidence:
+    """Evidence for reference listings themselves (`rows`, default all), each left out of its own candidates:
+    what the prior fits on. Without `embeddings`, their vectors are read back from the hnswlib index."""
+    rows = np.arange(len(engagement)) if rows is None else rows
+    vectors = neighbors.vectors(rows) if embeddings is None else np.asarray(embeddings[rows])
+    positions, sims = neighbors.search_excluding_self(vectors, k, labels=rows)
+    return gather_evidence(lexical_matrix[rows], vectors, positions, sims, [brands[i] for i in rows], lexical_matrix,
+                           engagement)
+
+
 @dataclass
 class ExposurePrior:
+    FILES = ("prior.json", "prior_text_coef.npy")
+
     config: PriorConfig
     global_mean: float
     global_sd: float
@@ -197,16 +224,16 @@ class ExposurePrior:
     def save(self, folder: Path) -> None:
         saved = {k: v for k, v in asdict(self).items() if k != "text_coef"}
         saved["features"] = list(FEATURES)
-        (folder / "prior.json").write_text(json.dumps(saved, indent=1))
-        np.save(folder / "prior_text_coef.npy", self.text_coef)
+        (folder / self.FILES[0]).write_text(json.dumps(saved, indent=1))
+        np.save(folder / self.FILES[1], self.text_coef)
 
     @classmethod
     def load(cls, folder: Path) -> "ExposurePrior":
-        saved = json.loads((folder / "prior.json").read_text())
+        saved = json.loads((folder / cls.FILES[0]).read_text())
         if saved.pop("features") != list(FEATURES):
             raise ValueError(f"{folder}/prior.json was fitted with other features; rebuild the index")
         saved["config"] = PriorConfig(**{**saved["config"], "shrink_grid": tuple(saved["config"]["shrink_grid"])})
-        return cls(text_coef=np.load(folder / "prior_text_coef.npy", allow_pickle=False), **saved)
+        return cls(text_coef=np.load(folder / cls.FILES[1], allow_pickle=False), **saved)
 
 
 def brand_statistics(brands: list[str], engagement: np.ndarray) -> dict[str, list[float]]:
@@ -218,13 +245,6 @@ def brand_statistics(brands: list[str], engagement: np.ndarray) -> dict[str, lis
             entry[0] += float(value)
             entry[1] += 1
     return stats
-
-
-def fit_sample(rows: int, limit: int, seed: int) -> np.ndarray:
-    """Sorted positions of at most `limit` of `rows` listings, drawn at random: all of them when they fit."""
-    if rows <= limit:
-        return np.arange(rows)
-    return np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
 
 
 def cross_fitted_text_model(text_features: sp.csr_matrix, y: np.ndarray, config: PriorConfig) -> tuple[np.ndarray, Ridge]:

@@ -31,7 +31,7 @@ def encoder():
 @pytest.fixture(scope="session")
 def sample_index(tmp_path_factory, sample, sample_columns, encoder):
     """The bundled reference sample, indexed once for the whole session."""
-    from enrich.pipeline import build_index
+    from enrich.index.build import build_index
 
     folder = tmp_path_factory.mktemp("index") / "sample-index"
     summary = build_index(sample["reference"], folder, sample_columns, progress=False, encoder=encoder)
@@ -52,7 +52,7 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tagger(tmp_path_factory, tiny_bert, sample, sample_columns):
     """A tagger fine-tuned from the tiny BERT on the bundled reference sample (seconds, on a CPU)."""
-    from enrich.finetune import FinetuneConfig, finetune
+    from enrich.category.finetune import FinetuneConfig, finetune
 
     folder = tmp_path_factory.mktemp("tagger") / "tiny-tagger"
     finetune(sample["reference"], folder, sample_columns, FinetuneConfig(
@@ -91,7 +91,7 @@ def small_taxonomy(tmp_path_factory):
     """Forty categories of the shipped Shopify taxonomy (toys, games, party supplies): fast to embed."""
     import polars as pl
 
-    from enrich.taxonomy import SHIPPED
+    from enrich.llm.taxonomy import SHIPPED
 
     table = pl.read_csv(SHIPPED, separator="\t")
     keep = table.filter(pl.col("id").str.contains(r"^(tg-5-\d+|tg-2-\d+|ae-3-2-\d+)$")).head(40)

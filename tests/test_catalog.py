@@ -1,8 +1,8 @@
 import polars as pl
 import pytest
 
-from enrich.catalog import (CatalogError, CleaningConfig, Columns, check_output_path, listing_texts, load_catalog,
-                            write_table)
+from enrich.catalog import CatalogError, CleaningConfig, Columns, listing_texts, load_catalog
+from enrich.files import OutputError, check_output_path, write_table
 
 COLUMNS = Columns(id="sku", title="name", brand="maker", text=("description",), category="path", engagement="orders")
 
@@ -73,10 +73,10 @@ def test_a_row_with_too_many_fields_is_refused_alone(tmp_path):
 
 
 def test_an_output_name_that_is_a_folder_or_an_input_is_refused(tmp_path):
-    with pytest.raises(CatalogError, match="is a folder; --out takes a file name"):
+    with pytest.raises(OutputError, match="is a folder; --out takes a file name"):
         write_table(pl.DataFrame({"id": ["a"]}), tmp_path)
     listings = write_rows(tmp_path / "new.csv", good_rows())
-    with pytest.raises(CatalogError, match="--out names an input file"):
+    with pytest.raises(OutputError, match="--out names an input file"):
         check_output_path(tmp_path / "." / "new.csv", inputs=(None, listings))
     assert check_output_path(tmp_path / "out.csv", inputs=(listings,)) == tmp_path / "out.csv"
 

@@ -1,7 +1,11 @@
 import numpy as np
 import pytest
 
-from enrich.embed import Encoder, EncoderConfig, packaged_model_path, resolve_device_and_dtype
+import torch
+
+import enrich.precision
+from enrich.embed import Encoder, EncoderConfig, packaged_model_path
+from enrich.precision import resolve_dtype
 
 TEXTS = ["LEGO Technic 42027 Desert Racer | LEGO", "Hornby R3060 Flying Scotsman train set | Hornby",
          "Pink glitter unicorn party balloons, pack of 10 | Amscan", "x"]
@@ -35,10 +39,15 @@ def test_long_text_is_cut_at_the_tail_so_the_title_survives():
     assert float((with_description * alone).sum()) > 0.8
 
 
-def test_precision_choice():
-    assert resolve_device_and_dtype(EncoderConfig(precision="fp32", device="cpu"))[1].is_floating_point
+def test_a_named_precision_is_taken_and_auto_follows_the_hardware(monkeypatch):
+    assert [resolve_dtype(name, "cpu") for name in ("fp32", "bf16", "fp16")] == [torch.float32, torch.bfloat16, torch.float16]
+    assert resolve_dtype("auto", "cuda") == torch.float16
+    monkeypatch.setattr(enrich.precision, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(enrich.precision, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto", "cpu") == torch.float32
     with pytest.raises(ValueError, match="precision must be"):
-        resolve_device_and_dtype(EncoderConfig(precision="int4"))
+        resolve_dtype("int4", "cpu")
 
 
 def test_encoding_in_chunks_gives_the_same_vectors(encoder):

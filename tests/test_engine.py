@@ -3,7 +3,10 @@ import polars as pl
 import pytest
 
 from enrich.engine import EngineConfig
-from enrich.pipeline import OUTPUT_SCHEMA, ReferenceIndex, build_index, enrich
+from enrich.run.score import OUTPUT_SCHEMA
+from enrich.index.store import ReferenceIndex
+from enrich.index.build import build_index
+from enrich.run.loop import enrich
 
 ray = pytest.importorskip("ray")
 
@@ -16,6 +19,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_engine_gives_the_local_engine_s_index_and_output(tmp_path, sample, sample_columns, sample_index, local_ray):
     folder = tmp_path / "ray-index"
     build_index(sample["reference"], folder, sample_columns, progress=False, engine=local_ray)

@@ -5,7 +5,9 @@ import polars as pl
 import pytest
 
 from enrich.cli import main
-from enrich.evaluate import EvalConfig, evaluate, exposure_shares, split_catalog, tag_metrics, write_report
+from enrich.evaluation.evaluate import EvalConfig, evaluate, split_catalog
+from enrich.evaluation.metrics import exposure_shares, tag_metrics
+from enrich.evaluation.report import write_report
 
 
 def test_tag_metrics_per_level():
@@ -63,7 +65,7 @@ def test_explain_names_neighbours_and_the_prior_parts(sample_index, sample, caps
 
 
 def test_synthetic_listings_recombine_the_real_catalog(amazon_catalog):
-    from enrich.scale import synthesize
+    from benchmarks.scale import synthesize
 
     real = pl.read_csv(amazon_catalog, infer_schema=False)
     made = synthesize(amazon_catalog, 500, seed=1, prefix="s")
@@ -74,7 +76,7 @@ def test_synthetic_listings_recombine_the_real_catalog(amazon_catalog):
 
 
 def test_the_tags_benchmark_reads_age_bands_and_facts_from_amazon_technical_details():
-    from enrich.bench import product_information_tags
+    from benchmarks.tags import product_information_tags
 
     details = ("Technical Details Item Weight1.2 Kg Manufacturer recommended age:8 years and up Assembly RequiredYes "
                "Batteries Required?No Batteries Included?Yes Remote Control Included?No")
@@ -86,7 +88,7 @@ def test_the_tags_benchmark_reads_age_bands_and_facts_from_amazon_technical_deta
 
 
 def test_label_agreement_compares_each_listing_with_its_nearest_labelled_reference_listing():
-    from enrich.bench import label_agreement
+    from benchmarks.bench import label_agreement
 
     # candidates in similarity order; the first of listing 1 has no category, so its nearest labelled one is second
     candidates = np.array([["A", "B"], [None, "B"], ["A", "A"], ["C", "A"]], dtype=object)
@@ -100,7 +102,7 @@ def test_label_agreement_compares_each_listing_with_its_nearest_labelled_referen
 
 
 def test_engagement_agreement_scores_the_nearest_listing_and_the_prior_by_similarity():
-    from enrich.bench import engagement_agreement
+    from benchmarks.bench import engagement_agreement
 
     truth = np.array([1.0, 5.0, 9.0, 2.0, 7.0, 3.0, np.nan])
     nearest = np.array([2.0, 4.0, 8.0, 9.0, 1.0, 5.0, 1.0])  # agrees on the first three, is reversed on the rest

@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 from safetensors.numpy import load_file
 
-from enrich.finetune import FinetuneConfig, best_tag_threshold, finetune, training_data, validation_scores
-from enrich.tagger import Tagger
+from enrich.category.catalog_tags import best_tag_threshold
+from enrich.category.finetune import FinetuneConfig, finetune, training_data, validation_scores
+from enrich.category.tagger import Tagger
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +89,12 @@ def test_resuming_with_another_config_is_refused(tiny_bert, small_catalog, sampl
         finetune(small_catalog, tmp_path / "m", sample_columns, config(tiny_bert, epochs=2, learning_rate=1e-3), progress=False)
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_and_write_one_tagger(tiny_bert, small_catalog, sample_columns, sample, tmp_path):
     """What `accelerate launch` on several GPUs runs, here as two CPU processes (gloo): every process joins the
     final validation, the main one writes the tagger, and the summary is printed once. --batch-size is the
     batch of one optimizer step, split between the processes, so they take as many steps as one process."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "enrich.finetune",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "enrich", "finetune",
                str(small_catalog), "--columns", str(sample["columns"]), "--out", str(tmp_path / "m"), "--base-model", tiny_bert,
                "--epochs", "2", "--batch-size", "16", "--max-length", "32", "--mixed-precision", "no", "--quiet"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -107,8 +109,9 @@ def test_two_processes_train_together_and_write_one_tagger(tiny_bert, small_cata
     assert Tagger.load(tmp_path / "m").predict(["LEGO Star Wars X-wing fighter | LEGO"])[0]
 
 
+@pytest.mark.slow
 def test_a_batch_that_cannot_be_split_across_the_processes_is_refused(tiny_bert, small_catalog, sample, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "enrich.finetune",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "enrich", "finetune",
                str(small_catalog), "--columns", str(sample["columns"]), "--out", str(tmp_path / "m"), "--base-model", tiny_bert,
                "--epochs", "1", "--batch-size", "15", "--mixed-precision", "no", "--quiet"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -185,8 +188,8 @@ def test_listings_with_tags_but_no_category_teach_the_tags_only(tiny_bert, tagge
 def test_the_path_loss_leaves_out_listings_without_a_category():
     import torch
 
-    from enrich.finetune import NO_CATEGORY, HierarchicalLoss
-    from enrich.tagger import Hierarchy
+    from enrich.category.finetune import NO_CATEGORY, HierarchicalLoss
+    from enrich.category.tagger import Hierarchy
 
     loss = HierarchicalLoss(Hierarchy(["A > x", "A > y", "B > z"]), np.ones(3), level_weight=0.5)
     logits = torch.randn(3, 3, requires_grad=True)
@@ -212,7 +215,7 @@ def test_the_tagger_predicts_in_bf16_as_it_was_validated_and_agrees_with_fp32(ti
 
 def test_tags_are_told_apart_without_regard_to_case_and_named_by_their_most_common_spelling(
         tiny_bert, tagged_catalog, sample_columns, tmp_path):
-    from enrich.finetune import tag_counts
+    from enrich.category.catalog_tags import tag_counts
 
     spelled = pl.Series([["Metal", "ages 3+"], ["metal"], ["metal", "LEGO"], ["Lego"], ["LEGO"], ["metal"]])
     assert tag_counts(spelled, 2) == {"metal": 4, "LEGO": 3}

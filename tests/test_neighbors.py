@@ -1,6 +1,6 @@
 import numpy as np
 
-from enrich.neighbors import IndexConfig, NeighborIndex, exact_search, recall_at_k
+from enrich.index.neighbors import IndexConfig, NeighborIndex, exact_search, recall_at_k
 
 
 def unit_vectors(n, dim, seed):

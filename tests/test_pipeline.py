@@ -8,7 +8,10 @@ import pytest
 
 from enrich.cli import main
 from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
-from enrich.pipeline import OUTPUT_SCHEMA, IndexMismatch, ReferenceIndex, _summary, build_index
+from enrich.run.score import OUTPUT_SCHEMA
+from enrich.index.store import IndexMismatch, ReferenceIndex
+from enrich.manifest import Summary
+from enrich.index.build import build_index
 
 def run_cli(capsys, *args):
     code = main([str(a) for a in args])
@@ -35,7 +38,7 @@ def test_index_then_run_writes_the_output_contract(sample_index, sample, tmp_pat
     reference_ids = set(pl.read_csv(sample["reference"], infer_schema=False)["uniq_id"].to_list())
     first = out.row(0, named=True)
     assert len(first["neighbors"]) == 10 and set(first["neighbors"]) <= reference_ids
-    assert first["tags"][: len(first["category"].split(" > "))] == first["category"].split(" > ")
+    assert first["tags"] and first["tags"] == first["category"].split(" > ")[: len(first["tags"])]  # its confident levels
     assert 0 < first["category_score"] <= 1
     assert (out["exposure_prior_low"] <= out["exposure_prior"]).all()
     assert (out["exposure_prior"] <= out["exposure_prior_high"]).all()
@@ -130,9 +133,13 @@ def test_refused_reference_rows_are_listed_beside_the_index(tmp_path, encoder, s
     assert json.loads((tmp_path / "index" / "manifest.json").read_text())["counts"]["refused"] == 2
 
 
-def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, tiny_tagger, tmp_path, capsys):
+def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, sample_columns, tiny_tagger, encoder, tmp_path, capsys):
+    """The tagger's probabilities join the mix: the output is the vote of all three sources, which is not what the
+    vote and the TF-IDF model alone give."""
     folder, _ = sample_index
-    from enrich.tagger import Tagger
+    from enrich.category.tagger import Tagger
+    from enrich.category.vote import VoteConfig, vote
+    from enrich.run.score import classifier_scores, find_evidence
 
     tagger = Tagger.load(tiny_tagger)
     code, err = run_cli(capsys, "run", sample["new"], "--index", folder, "--model", tiny_tagger, "--out", tmp_path / "out.parquet",
@@ -140,18 +147,24 @@ def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, tiny_
     assert code == 0, err
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert out.height == 200 and (out["status"] == "ok").all()
-    known = set(tagger.labels) | set(pl.read_csv(sample["reference"], infer_schema=False)["amazon_category_and_sub_category"].drop_nulls())
-    assert set(out["category"].to_list()) <= known
+    index = ReferenceIndex.load(folder, encoder)
+    found = find_evidence(load_catalog(sample["new"], sample_columns), index, encoder, index.neighbors.config.candidates)
+    sources = classifier_scores(found, index, tagger)
+    assert [s.source for s in sources] == ["lexical", "tagger"]
+    categories = index.categories[found.positions]
+    assert out["category"].to_list() == vote(categories, found.sims, VoteConfig(), sources).category
+    without = vote(categories, found.sims, VoteConfig(), sources[:1]).category
+    assert sum(a != b for a, b in zip(out["category"].to_list(), without)) >= 5  # the tagger moved some
     for tags, category in zip(out["tags"].to_list(), out["category"].to_list()):
-        assert category.split(" > ")[: len(tags)] == tags  # a shallower fallback is still a prefix of the path
+        assert tags and category.split(" > ")[: len(tags)] == tags  # a shallower fallback is still a prefix of the path
     manifest = json.loads((tmp_path / "out.parquet.manifest.json").read_text())
     assert manifest["tagger"]["path"] == str(tiny_tagger) and "temperature" in manifest["tagger"]["metrics"]
 
 
 def test_a_tagger_that_learned_the_catalogs_own_tags_adds_them_after_the_path(sample_index, sample, tiny_bert,
                                                                                 sample_columns, tmp_path, capsys):
-    from enrich.finetune import FinetuneConfig, finetune
-    from enrich.tagger import Tagger
+    from enrich.category.finetune import FinetuneConfig, finetune
+    from enrich.category.tagger import Tagger
 
     category = pl.col("amazon_category_and_sub_category")
     reference = pl.read_csv(sample["reference"], infer_schema=False).filter(category.is_not_null())
@@ -301,9 +314,9 @@ def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tm
 
 
 def test_an_index_built_in_chunks_equals_one_built_whole(sample_index, sample, sample_columns, encoder, tmp_path, monkeypatch):
-    import enrich.pipeline
+    import enrich.index.build
 
-    monkeypatch.setattr(enrich.pipeline, "BUILD_CHUNK_ROWS", 97)
+    monkeypatch.setattr(enrich.index.build, "BUILD_CHUNK_ROWS", 97)
     build_index(sample["reference"], tmp_path / "chunked", sample_columns, progress=False, encoder=encoder)
     whole, chunked = ReferenceIndex.load(sample_index[0]), ReferenceIndex.load(tmp_path / "chunked")
     assert chunked.reference["text_hash"].to_list() == whole.reference["text_hash"].to_list()
@@ -326,7 +339,9 @@ def test_a_prior_fitted_on_a_sample_of_the_reference_agrees_with_one_fitted_on_a
 
     from scipy.stats import spearmanr
 
-    from enrich.pipeline import EnrichConfig, find_evidence, reference_evidence
+    from enrich.config import EnrichConfig
+    from enrich.run.score import find_evidence
+    from enrich.prior import reference_evidence
     from enrich.prior import PriorConfig
 
     config = EnrichConfig(prior=replace(PriorConfig(), fit_rows=400))
@@ -352,7 +367,7 @@ def test_a_prior_fitted_on_a_sample_of_the_reference_agrees_with_one_fitted_on_a
 
 
 def test_update_says_to_rebuild_once_much_of_the_index_has_changed(sample, sample_columns, encoder, tmp_path, capsys):
-    from enrich.pipeline import update_index
+    from enrich.index.update import update_index
 
     reference = pl.read_csv(sample["reference"], infer_schema=False)
     reference.head(300).write_csv(tmp_path / "small.csv")
@@ -373,15 +388,15 @@ def test_update_says_to_rebuild_once_much_of_the_index_has_changed(sample, sampl
 def test_an_index_built_in_one_precision_updates_and_rebuilds_in_another_without_re_embedding(sample, sample_columns, tmp_path,
                                                                                    monkeypatch):
     """Built where bf16 is not native (fp32 vectors), updated where it is: the same listings, not all changed."""
-    import enrich.embed
-    from enrich.pipeline import update_index
+    import enrich.precision
+    from enrich.index.update import update_index
 
     reference = pl.read_csv(sample["reference"], infer_schema=False)
     reference.head(60).write_csv(tmp_path / "before.csv")
     reference.head(65).write_csv(tmp_path / "after.csv")
-    monkeypatch.setattr(enrich.embed, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(enrich.precision, "cpu_has_native_bf16", lambda: False)
     build_index(tmp_path / "before.csv", tmp_path / "index", sample_columns, progress=False)
-    monkeypatch.setattr(enrich.embed, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(enrich.precision, "cpu_has_native_bf16", lambda: True)
     summary = update_index(tmp_path / "after.csv", tmp_path / "index", sample_columns, progress=False)
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert summary.reused_embeddings == 60 and manifest["updates"][-1]["added"] == 5
@@ -412,12 +427,12 @@ def test_an_index_and_its_tagger_can_be_moved_together(sample, sample_columns, e
 
 
 def test_appended_embeddings_are_the_old_rows_then_the_new_in_chunks(tmp_path, monkeypatch):
-    import enrich.pipeline
+    import enrich.index.update
 
-    monkeypatch.setattr(enrich.pipeline, "BUILD_CHUNK_ROWS", 3)
+    monkeypatch.setattr(enrich.index.update, "BUILD_CHUNK_ROWS", 3)
     old, new = np.random.default_rng(0).random((10, 4), np.float32), np.ones((2, 4), np.float32)
     np.save(tmp_path / "old.npy", old)
-    enrich.pipeline._save_appended(tmp_path / "new.npy", np.load(tmp_path / "old.npy", mmap_mode="r"), new)
+    enrich.index.update.save_appended(tmp_path / "new.npy", np.load(tmp_path / "old.npy", mmap_mode="r"), new)
     assert np.array_equal(np.load(tmp_path / "new.npy"), np.vstack([old, new]))
 
 
@@ -426,16 +441,5 @@ def test_the_summary_counts_each_kind_of_refusal_once_whatever_its_row(tmp_path)
     path.write_bytes(b"sku,name,orders\nx1,Tea set,4\nx2,Robot, blue,3\nx3,Kite,lots\nx4,Doll, red,2\nx5,Ball,many\n")
     frame = load_catalog(path, Columns(id="sku", title="name", engagement="orders", brand=None, text=(), category=None),
                          reference=True)
-    assert _summary(frame, time.perf_counter()).refused == {
+    assert Summary.of(frame, time.perf_counter()).refused == {
         "4 fields where the header has 3; an unquoted comma?": 2, "field 'orders': engagement '…' is not a number": 2}
-
-
-def test_a_frame_built_by_hand_without_a_tags_column_is_enriched(sample_index, sample, sample_columns, encoder):
-    """The library's own callers (the LLM benchmark) build frames with only the columns they need."""
-    from enrich.pipeline import enrich_frame
-
-    folder, _ = sample_index
-    frame = load_catalog(sample["new"], sample_columns, reference=False).head(5).drop("tags")
-    out = enrich_frame(frame, ReferenceIndex.load(folder, encoder), encoder)
-    assert out.height == 5 and out["status"].to_list() == ["ok"] * 5
-    assert all(tags == category.split(" > ")[:len(tags)] for tags, category in zip(out["tags"].to_list(), out["category"].to_list()))

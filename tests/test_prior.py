@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.stats import spearmanr
 
-from enrich.neighbors import IndexConfig, NeighborIndex
+from enrich.index.neighbors import IndexConfig, NeighborIndex
 from enrich.prior import Evidence, ExposurePrior, PriorConfig
 
 
@@ -66,7 +66,7 @@ def test_save_and_load_give_the_same_prior(fitted, tmp_path):
 
 
 def test_pairwise_lexical_cosine_is_the_same_in_chunks_as_row_by_row():
-    from enrich.lexical import pairwise_cosine
+    from enrich.index.lexical import pairwise_cosine
 
     rng = np.random.default_rng(0)
     queries = sp.random(300, 200, density=0.05, format="csr", random_state=1, dtype=np.float32)

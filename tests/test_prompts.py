@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from enrich.prompts import FILE_NAME, load_prompt, prompts_dir, read_template, release, released_hashes
+from enrich.llm.templates import FILE_NAME, load_prompt, prompts_dir, read_template, release, released_hashes
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 GOLDEN_VALUES = {

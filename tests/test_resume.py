@@ -7,6 +7,7 @@ import sys
 import time
 
 import polars as pl
+import pytest
 
 
 def command(sample, index, out):
@@ -14,6 +15,7 @@ def command(sample, index, out):
             "--columns", str(sample["columns"]), "--part-rows", "2", "--quiet"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_output(sample_index, sample, tmp_path):
     folder, _ = sample_index
     straight, resumed = tmp_path / "straight.parquet", tmp_path / "resumed.parquet"

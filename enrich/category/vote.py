@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PATH_SEPARATOR = " > "
+from enrich.category.paths import PATH_SEPARATOR, path_levels, path_prefixes
 
 
 @dataclass(frozen=True)
@@ -23,15 +23,16 @@ class VoteConfig:
     temperature: float = 0.05  # weight exp((s - s_best) / T): a neighbour 0.05 less similar counts e^-1 as much
     rerank_weight: float = 1.0  # neighbour order key: cosine + rerank_weight * vote share of its category
     top_k: int = 10  # neighbours written per listing
-    # Relative weights of the category's sources; those present are mixed in proportion (without a tagger:
-    # vote 0.25, TF-IDF model 0.75). Chosen on the tagger's validation split (`make bench`), not on the test.
-    neighbour_weight: float = 0.15
+    # Relative weights of the category's sources; those present are mixed in proportion (without a tagger, the
+    # vote and the TF-IDF model in the same ratio). Chosen on the tagger's validation split, never on held-out data.
+    neighbor_weight: float = 0.15
     lexical_weight: float = 0.45
     tagger_weight: float = 0.4
     classifier_top: int = 20  # a classifier's most probable paths that join the mix (the rest carry ~0)
+    min_level_score: float = 0.3  # the tags keep a path's deeper levels while their share of the mix reaches this
 
     def weight(self, source: str) -> float:
-        return {"neighbours": self.neighbour_weight, "lexical": self.lexical_weight, "tagger": self.tagger_weight}[source]
+        return {"neighbors": self.neighbor_weight, "lexical": self.lexical_weight, "tagger": self.tagger_weight}[source]
 
 
 @dataclass
@@ -43,10 +44,6 @@ class Votes:
     tags: list[list[str]]
     tag_scores: list[list[float]]
     order: np.ndarray  # (n, top_k) positions into each listing's candidate list
-
-
-def path_levels(path: str) -> list[str]:
-    return [level.strip() for level in path.split(PATH_SEPARATOR) if level.strip()]
 
 
 def category_shares(categories: np.ndarray, sims: np.ndarray, temperature: float) -> dict[str, float]:
@@ -66,8 +63,7 @@ class ClassifierScores:
 
     labels: list[str]
     probabilities: np.ndarray  # (n, labels)
-    min_level_score: float = 0.0  # levels scored below this are left off the tags
-    source: str = "tagger"  # or "lexical": names its weight in VoteConfig
+    source: str  # "tagger" or "lexical": names its weight in VoteConfig
 
 
 def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig = VoteConfig(),
@@ -86,7 +82,6 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
         result.category, result.category_score = [None] * n, [None] * n
         result.tags, result.tag_scores = [[] for _ in range(n)], [[] for _ in range(n)]
         return result
-    min_level_score = max((c.min_level_score for c in classifiers), default=0.0)
     for i in range(n):
         if given is not None and given[i]:
             shares = {given[i]: 1.0}
@@ -103,26 +98,26 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
             result.tag_scores.append([])
             continue
         best = max(shares, key=shares.get)
-        levels = path_levels(best)
-        prefixes = [PATH_SEPARATOR.join(levels[: d + 1]) for d in range(len(levels))]
-        scores = [
-            sum(s for p, s in shares.items() if p == prefix or p.startswith(prefix + PATH_SEPARATOR))
-            for prefix in prefixes
-        ]
+        scores = level_scores(shares, best)
         keep = 1  # the top level always; deeper levels while they are confident enough
-        while keep < len(scores) and scores[keep] >= min_level_score:
+        while keep < len(scores) and scores[keep] >= config.min_level_score:
             keep += 1
         result.category.append(best)
         result.category_score.append(float(shares[best]))
-        result.tags.append(levels[:keep])
+        result.tags.append(path_levels(best)[:keep])
         result.tag_scores.append([float(min(s, 1.0)) for s in scores[:keep]])
     return result
+
+
+def level_scores(shares: dict[str, float], path: str) -> list[float]:
+    """Each prefix of `path`: the summed share of the paths under it."""
+    return [sum(s for p, s in shares.items() if p == prefix or p.startswith(prefix + PATH_SEPARATOR)) for prefix in path_prefixes(path)]
 
 
 def _fuse(shares: dict[str, float], classifiers: list[ClassifierScores], row: int, config: VoteConfig) -> dict[str, float]:
     fused: dict[str, float] = defaultdict(float)
     for path, share in shares.items():
-        fused[path] += config.neighbour_weight * share
+        fused[path] += config.neighbor_weight * share
     for classifier in classifiers:
         probabilities, weight = classifier.probabilities[row], config.weight(classifier.source)
         for j in np.argsort(-probabilities)[: config.classifier_top]:

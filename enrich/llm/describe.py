@@ -18,11 +18,13 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from enrich.attributes import AnswerCache, AttributeConfig, extract
 from enrich.catalog import listing_texts, put_back
-from enrich.llm import ChatChooser, LLMConfig, cache_root, describe as describe_llm, load_chooser
-from enrich.prompts import load_prompt
-from enrich.taxonomy import (TaxonomyConfig, TaxonomyIndex, category_vectors, load_taxonomy, map_listing,
+from enrich.files import write_json, write_table
+from enrich.llm.answers import AnswerCache
+from enrich.llm.attributes import AttributeConfig, extract
+from enrich.llm.chooser import ChatChooser, LLMConfig, cache_root, load_chooser
+from enrich.llm.templates import load_prompt
+from enrich.llm.taxonomy import (TaxonomyConfig, TaxonomyIndex, category_vectors, load_taxonomy, map_listing,
                              with_category)
 
 DESCRIBE_SCHEMA = {
@@ -66,7 +68,7 @@ class Describer:
     def manifest(self) -> dict:
         return {
             "llm": self.chooser.description if self.chooser else None,
-            "llm_config": describe_llm(self.config.llm),
+            "llm_config": self.config.llm.manifest_entry(),
             "prompts": {p.name: p.sha256 for p in (self.attribute_prompt, self.taxonomy_prompt)},
             "taxonomy": {"version": self.taxonomy.version, "categories": len(self.taxonomy)},
             "attributes": asdict(self.config.attributes),
@@ -139,8 +141,6 @@ def partial_status() -> pl.Expr:
 
 def describe_catalog(frame: pl.DataFrame, describer: Describer, out: Path, progress: bool = False) -> dict:
     """`enrich attributes`: describe a loaded catalog, write the table and its manifest atomically."""
-    from enrich.catalog import write_table, write_text_atomically
-
     started = time.time()
     described = describe_frame(frame, describer, progress)
     result = pl.concat([described.select("id"), frame.select("status"), described.drop("id")], how="horizontal")
@@ -151,5 +151,5 @@ def describe_catalog(frame: pl.DataFrame, describer: Describer, out: Path, progr
         "rows": frame.height, "described": int((frame["status"] == "ok").sum()), "seconds": round(elapsed, 2),
         "cache": {"hits": describer.cache.hits, "misses": describer.cache.misses} if describer.cache else None,
     }
-    write_text_atomically(Path(f"{out}.manifest.json"), json.dumps(manifest, indent=1, default=str))
+    write_json(Path(f"{out}.manifest.json"), manifest)
     return manifest

@@ -20,32 +20,29 @@ import numpy as np
 import polars as pl
 import yaml
 
+from enrich.category.paths import PATH_SEPARATOR as SEPARATOR
+from enrich.files import write_npy
+from enrich.llm.answers import ask, choice_share
+
 SHIPPED = Path(__file__).parent / "taxonomy_data" / "shopify_categories.tsv"
-SEPARATOR = " > "
 
 
 @dataclass(frozen=True)
 class TaxonomyConfig:
     candidates: int = 8  # categories retrieved by embedding, among which the model chooses
     # Weight of the listing's own category path (given, or predicted by `enrich run`) beside its text in the
-    # retrieval query: a merchant's category path reads like a taxonomy path. On the 110 labelled listings,
-    # depth-2 accuracy was flat from 0.3 to 0.7 (README, `make bench-llm`); 0 leaves the text alone.
+    # retrieval query: a merchant's category path reads like a taxonomy path, which a title does not. 0: text alone.
     category_weight: float = 0.5
-    # Weight of a category's own name (its last level) beside its full path in the category's vector. A full
-    # path's vector leans on its ancestors' words, so "... > Pens & Pencils > Pencils > Art Pencils" and every
-    # sibling read alike; the name tells them apart. On the 110 labelled listings depth-2 accuracy rose from
-    # 0.74 to 0.78-0.80 for weights 0.2 to 0.5 (README, `make bench-llm`, with the check on held-out halves).
+    # Weight of a category's own name (its last level) beside its full path in the category's vector: a full path's
+    # vector leans on its ancestors' words, so siblings read alike; the name tells them apart. 0: the path alone.
     name_weight: float = 0.3
-    # "nearest": the top candidate by cosine; "model": the LLM picks among the candidates by likelihood.
-    # Nearest is the default because it measured better with the 135M model (README, `make bench-llm`).
+    # "nearest": the top candidate by cosine; "model": the LLM picks among the candidates by likelihood. Nearest is
+    # the default: it measured better than the small packaged model's choice (docs/benchmarks.md, LLM stage).
     choose: str = "nearest"
     # `enrich run --describe` only (it has an index to predict from): which category goes into the query of a
-    # listing that came with one. "predicted": the one enrich predicts from its text and neighbours (vote and
-    # classifiers), as for a listing without one; "given": the merchant's own. A merchant's category can name a
-    # brand or a department ("Characters & Brands > WWE") where the predicted one names what the product is:
-    # on the 110 labelled listings depth 2 was 0.809 predicted vs 0.800 given (0.805 vs 0.766 with the weights
-    # chosen on held-out halves), on the 100 held out 0.82 vs 0.73, on 50 labelled after the switch 0.76 vs 0.74
-    # (README, `make bench-llm`).
+    # listing that came with one. "predicted": the one enrich predicts from its text and neighbours, as for a
+    # listing without one; "given": the merchant's own, which can name a brand or a department ("Characters &
+    # Brands > WWE") where the predicted one names what the product is.
     bridge: str = "predicted"
     prompt_version: int | None = None  # prompts/taxonomy.v<N>.yaml; None: the newest released
 
@@ -103,11 +100,6 @@ def load_taxonomy(source: Path | None = None) -> Taxonomy:
     return taxonomy if version else replace(taxonomy, version=taxonomy.fingerprint)
 
 
-def path_prefix(path: str, depth: int) -> str:
-    """The first `depth` levels of a path: accuracy at Shopify depth 2 compares these."""
-    return SEPARATOR.join(path.split(SEPARATOR)[:depth])
-
-
 class TaxonomyIndex:
     """The taxonomy's categories embedded once (cached on disk by taxonomy and encoder), searched exactly.
 
@@ -116,7 +108,7 @@ class TaxonomyIndex:
 
     def __init__(self, taxonomy: Taxonomy, encoder, cache_dir: Path | None = None, name_weight: float = 0.0):
         self.taxonomy = taxonomy
-        key = hashlib.sha256(f"{taxonomy.fingerprint}{encoder.describe()['fingerprint']}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{taxonomy.fingerprint}{encoder.identity()['fingerprint']}".encode()).hexdigest()[:16]
         cached = Path(cache_dir) / f"taxonomy-{key}-path-and-name.npy" if cache_dir else None
         if cached is not None and cached.exists():
             self.path_vectors, self.name_vectors = np.load(cached, allow_pickle=False)
@@ -124,10 +116,7 @@ class TaxonomyIndex:
             names = [path.rsplit(SEPARATOR, 1)[-1] for path in taxonomy.paths]
             self.path_vectors, self.name_vectors = encoder.encode(list(taxonomy.paths)), encoder.encode(names)
             if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_name(f".{cached.name}.{id(self)}.npy")
-                np.save(tmp, np.stack([self.path_vectors, self.name_vectors]), allow_pickle=False)
-                tmp.replace(cached)
+                write_npy(cached, np.stack([self.path_vectors, self.name_vectors]))
         self.name_weight = name_weight
         self.vectors = with_category(self.path_vectors, self.name_vectors, name_weight)
 
@@ -178,8 +167,6 @@ class Mapping:
 def map_listing(title: str, text: str, candidate_rows: np.ndarray, candidate_sims: np.ndarray, taxonomy: Taxonomy,
                 chooser, template, cache=None) -> Mapping:
     """Let the model choose among the retrieved candidates; without a chooser, take the nearest."""
-    from enrich.attributes import ask, choice_share
-
     paths = [taxonomy.paths[r] for r in candidate_rows]
     nearest = paths[0]
     if chooser is None:  # config.choose == "nearest", or no model loaded

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no backend, so it runs headless and leaves notebooks' alone
 
+from enrich.category.calibration import score_bins
+from enrich.files import atomic_path
+
 
 def calibration(ax, scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> None:
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    which = score_bins(scores, bins)
     centres = [(scores[which == b].mean(), correct[which == b].mean(), (which == b).sum()) for b in range(bins) if (which == b).any()]
     x, y, n = map(np.array, zip(*centres)) if centres else (np.array([]),) * 3
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
@@ -59,8 +60,7 @@ def write_all(evaluation, out_dir: Path) -> list[Path]:
         fig = Figure(figsize=(6, 4.5))
         draw(fig.subplots())
         fig.tight_layout()
-        tmp = out_dir / f".{name}.tmp"  # then a rename, so a reader never sees half a picture
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, out_dir / name)
+        with atomic_path(out_dir / name) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         written.append(out_dir / name)
     return written

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from enrich.tags import VoteConfig, vote
+from enrich.category.vote import VoteConfig, vote
 
 
 def test_vote_picks_the_weighted_path_and_scores_its_prefixes():
@@ -24,18 +24,19 @@ def test_no_known_category_gives_no_tags():
 
 
 def test_the_classifiers_mixed_with_the_vote_can_overrule_it_and_reorder_neighbours():
-    from enrich.tags import ClassifierScores
+    from enrich.category.vote import ClassifierScores
 
     categories = np.array([["Toys > Cars", "Toys > Trains", "Toys > Cars"]], dtype=object)
     sims = np.array([[0.90, 0.89, 0.88]], dtype=np.float32)
-    sure_trains = ClassifierScores(["Toys > Cars", "Toys > Trains"], np.array([[0.05, 0.95]]), min_level_score=0.5)
-    gentle = vote(categories, sims, VoteConfig(neighbour_weight=0.8, tagger_weight=0.2), [sure_trains])
+    sure_trains = ClassifierScores(["Toys > Cars", "Toys > Trains"], np.array([[0.05, 0.95]]), source="tagger")
+    gentle = vote(categories, sims, VoteConfig(neighbor_weight=0.8, tagger_weight=0.2), [sure_trains])
     assert gentle.category == ["Toys > Cars"]
-    strong = vote(categories, sims, VoteConfig(neighbour_weight=0.2, tagger_weight=0.8), [sure_trains])
+    strong = vote(categories, sims, VoteConfig(neighbor_weight=0.2, tagger_weight=0.8), [sure_trains])
     assert strong.category == ["Toys > Trains"] and strong.order[0, 0] == 1
     assert sum([0.8 * 0.95, 0.2 * 0.35]) == pytest.approx(strong.category_score[0], abs=0.05)
-    unsure = ClassifierScores(["Toys > Cars", "Toys > Trains"], np.array([[0.5, 0.5]]), min_level_score=0.9)
-    assert vote(categories, sims, VoteConfig(neighbour_weight=0.0), [unsure]).tags == [["Toys"]]  # leaf falls back
+    unsure = ClassifierScores(["Toys > Cars", "Toys > Trains"], np.array([[0.5, 0.5]]), source="tagger")
+    assert vote(categories, sims, VoteConfig(neighbor_weight=0.0, min_level_score=0.9), [unsure]).tags == [["Toys"]]  # leaf falls back
+    assert vote(categories, sims, VoteConfig(neighbor_weight=0.0, min_level_score=0.5), [unsure]).tags == [["Toys", "Cars"]]
     no_neighbour_categories = vote(np.array([[None, None, None]], dtype=object), sims, VoteConfig(), [sure_trains])
     assert no_neighbour_categories.category_score == [pytest.approx(0.95)]
     # Weights are relative: the sources present are mixed in proportion to theirs.
@@ -59,8 +60,8 @@ def test_a_given_category_is_kept_and_reorders_the_neighbours():
 def test_the_category_model_learns_words_and_round_trips(tmp_path):
     import scipy.sparse as sp
 
-    from enrich.category_model import CategoryModel, CategoryModelConfig
-    from enrich.lexical import Lexical
+    from enrich.category.lexical_model import CategoryModel, CategoryModelConfig
+    from enrich.index.lexical import Lexical
 
     texts = [f"{word} {n}" for n in range(20) for word in ("wooden train engine", "racing car kit")]
     categories = ["Toys > Trains" if "train" in t else "Toys > Cars" for t in texts]

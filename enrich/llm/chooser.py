@@ -55,6 +55,10 @@ class LLMConfig:
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         return cls(**values)
 
+    def manifest_entry(self) -> dict:
+        """What a run records about the model it asked (not where converted models are cached)."""
+        return {k: v for k, v in asdict(self).items() if k != "cache_dir"}
+
     def __post_init__(self):
         if self.concurrency < 1:
             raise ValueError(f"the LLM concurrency (--llm-concurrency) must be at least 1, not {self.concurrency}")
@@ -138,7 +142,7 @@ class LocalChooser:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from enrich.embed import cpu_has_native_bf16
+        from enrich.precision import cpu_has_native_bf16
 
         self.config = config
         folder = converted_model_dir(config)
@@ -273,11 +277,3 @@ def load_chooser(config: LLMConfig) -> LocalChooser | ChatChooser:
     if config.backend == "openai":
         return ChatChooser(config)
     raise ValueError(f"unknown LLM backend {config.backend!r}: use 'local' or 'openai'")
-
-
-def describe(config: LLMConfig) -> dict:
-    return {k: v for k, v in asdict(config).items() if k != "cache_dir"}
-
-
-__all__ = ["LLMConfig", "Choice", "LocalChooser", "ChatChooser", "load_chooser", "match_option",
-           "converted_model_dir", "PACKAGED_MODELS", "DEFAULT_MODEL"]

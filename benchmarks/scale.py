@@ -1,4 +1,4 @@
-"""`python -m enrich.scale`: wall time, listings/s and peak memory of `enrich index`, `enrich index --update`
+"""`make scale` (`python -m benchmarks.scale`): wall time, listings/s and peak memory of `enrich index`, `enrich index --update`
 and `enrich run` on synthetic catalogs made by recombining real titles, brands and review counts.
 
 Each command runs as a user runs it, in its own process (model load included); peak memory is that
@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from enrich.bench import AMAZON, DEFAULT_CATALOG
-from enrich.sample import AMAZON_COLUMNS
+from benchmarks.common import AMAZON, AMAZON_COLUMNS, DEFAULT_CATALOG
 
 # Runs the CLI in this process and reports its own peak memory on the last line of stderr.
 _MEASURED = ("import resource, sys; from enrich.cli import main; code = main(sys.argv[1:]); "
@@ -94,7 +93,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m enrich.scale", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     parser.add_argument("--sizes", default="10000,100000", help="reference sizes, comma-separated")
     parser.add_argument("--new", type=int, default=10_000, help="new listings enriched per size")

@@ -4,8 +4,9 @@ A template file has exactly the keys `task`, `version`, `description`, `variable
 Rendering is strict: a declared variable left out, an undeclared one passed, or a template that uses a
 name it does not declare is an error. A released file is never edited: `prompts/released.json` holds the
 SHA-256 of every released file, loading refuses a file that no longer matches, and a change is a new
-version (`python -m enrich.prompts release prompts/<task>.v<N+1>.yaml` records it). The task and version
-a run used go into its manifest.
+version (`python -m enrich.llm.templates release prompts/<task>.v<N+1>.yaml` records it). The task and
+version a run used go into its manifest. The project's top-level `prompts/` folder ships inside the wheel as
+the package `enrich.prompts`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import jinja2
 import jinja2.meta
 import yaml
+
+from enrich.files import write_text
 
 KEYS = {"task", "version", "description", "variables", "template"}
 FILE_NAME = re.compile(r"(?P<task>[a-z0-9_]+)\.v(?P<version>\d+)\.yaml")
@@ -28,8 +32,8 @@ _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newlin
 
 
 def prompts_dir() -> Path:
-    """The project's prompts/ folder, or ENRICH_PROMPTS for a team that keeps its own."""
-    return Path(os.environ.get("ENRICH_PROMPTS") or Path(__file__).resolve().parent.parent / "prompts")
+    """The released prompts shipped with enrich, or ENRICH_PROMPTS for a team that keeps its own."""
+    return Path(os.environ.get("ENRICH_PROMPTS") or str(files("enrich.prompts")))
 
 
 @dataclass(frozen=True)
@@ -103,14 +107,12 @@ def release(path: Path) -> str:
     released = released_hashes(path.parent)
     template = read_template(path, released)
     released[path.name] = template.sha256
-    from enrich.catalog import write_text_atomically
-
-    write_text_atomically(path.parent / "released.json", json.dumps(dict(sorted(released.items())), indent=1) + "\n")
+    write_text(path.parent / "released.json", json.dumps(dict(sorted(released.items())), indent=1) + "\n")
     return template.name
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m enrich.prompts", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m enrich.llm.templates", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("release", help="record a new prompt version as released").add_argument("path", type=Path)
     args = parser.parse_args(argv)

@@ -1,9 +1,9 @@
 """The index's own category classifier: logistic regression over the reference listings' TF-IDF vectors.
 
 The neighbours' vote reads the 50 most similar listings; this reads every reference listing's words at once,
-and the two disagree usefully (on the Amazon split: vote 0.706, this 0.729, the two together 0.745 full-path
-accuracy). It is fitted when the index is built, on the index's own TF-IDF rows, and saved as plain arrays
-(no pickle). `tags.vote` mixes its probabilities with the vote's shares and a fine-tuned tagger's.
+and the two err on different listings, so the mix beats either (docs/benchmarks.md). It is fitted when the
+index is built, on the index's own TF-IDF rows, and saved as plain arrays (no pickle). `vote` mixes its
+probabilities with the vote's shares and a fine-tuned tagger's.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import softmax
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from enrich.prior import fit_sample
-from enrich.tagger import softmax
-
-FILES = ("category_model.json", "category_model_coef.npy", "category_model_intercept.npy", "category_model_columns.npy")
+from enrich.sampling import fit_sample
 
 
 @dataclass(frozen=True)
@@ -40,6 +38,8 @@ class CategoryModelConfig:
 
 class CategoryModel:
     """Category path probabilities from a listing's TF-IDF row (the index's `Lexical` vocabulary)."""
+
+    FILES = ("category_model.json", "category_model_coef.npy", "category_model_intercept.npy", "category_model_columns.npy")
 
     def __init__(self, labels: list[str], coef: np.ndarray, intercept: np.ndarray, columns: np.ndarray, info: dict):
         self.labels, self.coef, self.intercept, self.info = labels, coef, intercept, info
@@ -74,19 +74,19 @@ class CategoryModel:
 
     def probabilities(self, lexical_rows: sp.csr_matrix) -> np.ndarray:
         """(n, labels), rows summing to 1."""
-        return softmax(np.asarray(lexical_rows[:, self.columns] @ self.coef.T) + self.intercept)
+        return softmax(np.asarray(lexical_rows[:, self.columns] @ self.coef.T) + self.intercept, axis=1)
 
     def save(self, folder: Path) -> None:
-        (folder / FILES[0]).write_text(json.dumps({"labels": self.labels, **self.info}))
-        np.save(folder / FILES[1], self.coef)
-        np.save(folder / FILES[2], self.intercept)
-        np.save(folder / FILES[3], self.columns)
+        (folder / self.FILES[0]).write_text(json.dumps({"labels": self.labels, **self.info}))
+        np.save(folder / self.FILES[1], self.coef)
+        np.save(folder / self.FILES[2], self.intercept)
+        np.save(folder / self.FILES[3], self.columns)
 
     @classmethod
     def load(cls, folder: Path) -> "CategoryModel":
-        saved = json.loads((folder / FILES[0]).read_text())
+        saved = json.loads((folder / cls.FILES[0]).read_text())
         labels = saved.pop("labels")
-        coef = np.load(folder / FILES[1], allow_pickle=False)
-        intercept = np.load(folder / FILES[2], allow_pickle=False)
-        columns = np.load(folder / FILES[3], allow_pickle=False)
+        coef = np.load(folder / cls.FILES[1], allow_pickle=False)
+        intercept = np.load(folder / cls.FILES[2], allow_pickle=False)
+        columns = np.load(folder / cls.FILES[3], allow_pickle=False)
         return cls(labels, coef, intercept, columns, saved)

@@ -9,27 +9,23 @@ A tagger trained on a catalog with its own tag lists has, after the paths, one y
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.special import expit
+from scipy.special import expit, softmax
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
-
-from enrich.embed import resolve_device_and_dtype, EncoderConfig  # noqa: E402
-from enrich.tags import PATH_SEPARATOR, path_levels  # noqa: E402
+from enrich.category.paths import PATH_SEPARATOR, path_levels
+from enrich.precision import resolve_device, resolve_dtype
 
 TAGGER_FILE = "tagger.json"
 TAG_PREFIX = "tag: "  # how a catalog tag's output is named in the model's id2label, after the paths
 
 
 @dataclass(frozen=True)
-class Tag:
+class PathLevel:
     """One level of a predicted path: its full prefix, depth (1 = top level) and probability."""
 
     path: str
@@ -76,14 +72,12 @@ class Tagger:
         self.info = info
         self.device = device
         self.dtype = dtype  # the autocast precision of predictions; the weights stay fp32
-        self.tag_labels = list(info.get("tag_labels", []))
-        threshold = info.get("tag_threshold")  # None in a tagger without tags
-        self.tag_threshold = 0.5 if threshold is None else float(threshold)
+        self.tag_labels = list(info["tag_labels"])
+        self.tag_threshold = info["tag_threshold"]  # None in a tagger without tags
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels - len(self.tag_labels))]
         self.hierarchy = Hierarchy(self.labels)
-        self.temperature = float(info.get("temperature", 1.0))
+        self.temperature = float(info["temperature"])
         self.max_length = int(info["config"]["max_length"])
-        self.min_level_score = float(info.get("min_level_score", 0.0))
 
     @staticmethod
     def check(folder: str | Path) -> None:
@@ -92,17 +86,16 @@ class Tagger:
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto") -> "Tagger":
-        """`precision`: fp32, bf16 or fp16 autocast; auto is bf16 where the CPU has native bf16 (about 2.4x faster than
-        fp32 here, and how the tagger was validated and calibrated in training), else fp32. On a GPU auto is fp32 too:
-        on an H100 fp16 autocast was slower for a model this small (6,748 against 8,271 listings/s)."""
+        """`precision`: fp32, bf16 or fp16 autocast; auto is bf16 where the CPU has native bf16 (faster, and how the
+        tagger was validated and calibrated in training), else fp32. On a GPU auto is fp32: fp16 autocast measured
+        slower there for a model this small (docs/benchmarks.md)."""
         folder = Path(folder)
         cls.check(folder)
         info = json.loads((folder / TAGGER_FILE).read_text())
-        device, dtype = resolve_device_and_dtype(EncoderConfig(device=device, precision=precision))
-        if precision == "auto" and device.startswith("cuda"):
-            dtype = torch.float32
-        model = AutoModelForSequenceClassification.from_pretrained(folder).to(device)
-        return cls(model, AutoTokenizer.from_pretrained(folder), info, device, dtype)
+        device = resolve_device(device)
+        dtype = torch.float32 if precision == "auto" and device.startswith("cuda") else resolve_dtype(precision, device)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).to(device)
+        return cls(model, AutoTokenizer.from_pretrained(folder, local_files_only=True), info, device, dtype)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -128,7 +121,7 @@ class Tagger:
     def probabilities(self, texts: list[str], logits: np.ndarray | None = None) -> np.ndarray:
         """Calibrated leaf probabilities, (texts, labels); from `logits` when the caller has them."""
         logits = self.logits(texts) if logits is None else logits
-        return softmax(logits[:, : len(self.labels)] / self.temperature)
+        return softmax(logits[:, : len(self.labels)] / self.temperature, axis=1)
 
     def tag_probabilities(self, texts: list[str], logits: np.ndarray | None = None) -> np.ndarray:
         """The catalog's own tags' probabilities, (texts, tag_labels); from `logits` when the caller has them."""
@@ -141,44 +134,15 @@ class Tagger:
         return [[(self.tag_labels[j], float(row[j])) for j in np.argsort(-row, kind="stable") if row[j] >= self.tag_threshold]
                 for row in probabilities]
 
-    def predict(self, texts: list[str]) -> list[list[Tag]]:
-        """Per text, the most probable path's levels with their scores, top level first.
-
-        Levels whose score falls below `min_level_score` are left off: an uncertain leaf falls back to
-        its parent rather than guessing.
-        """
-        return self.tags_from_probabilities(self.probabilities(texts))
-
-    def tags_from_probabilities(self, leaf_probabilities: np.ndarray) -> list[list[Tag]]:
-        labels, hierarchy = self.labels, self.hierarchy
+    def predict(self, texts: list[str]) -> list[list[PathLevel]]:
+        """Per text, the most probable path's levels, top level first, each scored by the summed probability of
+        the paths under it."""
+        leaf_probabilities = self.probabilities(texts)
+        hierarchy = self.hierarchy
         level_scores = [leaf_probabilities @ hierarchy.level_matrix(d) for d in range(1, hierarchy.depth + 1)]
         result = []
         for i, best in enumerate(leaf_probabilities.argmax(1)):
-            levels = path_levels(labels[best])
-            tags = []
-            for d in range(1, len(levels) + 1):
-                prefix = PATH_SEPARATOR.join(levels[:d])
-                score = float(level_scores[d - 1][i, hierarchy.prefix_index[d - 1][prefix]])
-                if d > 1 and score < self.min_level_score:
-                    break
-                tags.append(Tag(prefix, d, score))
-            result.append(tags)
+            levels = path_levels(self.labels[best])
+            result.append([PathLevel(prefix, d, float(level_scores[d - 1][i, hierarchy.prefix_index[d - 1][prefix]]))
+                           for d, prefix in ((d, PATH_SEPARATOR.join(levels[:d])) for d in range(1, len(levels) + 1))])
         return result
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def expected_calibration_error(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    """Mean |confidence - accuracy| over equal-width score bins, weighted by their share of listings."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(scores[mask].mean() - correct[mask].mean())
-    return float(error)

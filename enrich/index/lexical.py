@@ -29,6 +29,8 @@ class LexicalConfig:
 class Lexical:
     """A fitted TF-IDF vectoriser that saves its vocabulary and idf weights as JSON and .npy."""
 
+    FILES = ("lexical.json", "lexical_idf.npy")
+
     def __init__(self, vectorizer: TfidfVectorizer, config: LexicalConfig):
         self.vectorizer = vectorizer
         self.config = config
@@ -56,17 +58,17 @@ class Lexical:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         vocabulary = {term: int(i) for term, i in self.vectorizer.vocabulary_.items()}
-        (folder / "lexical.json").write_text(json.dumps({"config": asdict(self.config), "vocabulary": vocabulary}))
-        np.save(folder / "lexical_idf.npy", self.vectorizer.idf_.astype(np.float32))
+        (folder / self.FILES[0]).write_text(json.dumps({"config": asdict(self.config), "vocabulary": vocabulary}))
+        np.save(folder / self.FILES[1], self.vectorizer.idf_.astype(np.float32))
 
     @classmethod
     def load(cls, folder: Path) -> "Lexical":
-        saved = json.loads((folder / "lexical.json").read_text())
+        saved = json.loads((folder / cls.FILES[0]).read_text())
         config = LexicalConfig(**saved["config"])
         vectorizer = TfidfVectorizer(
             sublinear_tf=True, ngram_range=(1, config.ngram_max), vocabulary=saved["vocabulary"], dtype=np.float32
         )
-        vectorizer.idf_ = np.load(folder / "lexical_idf.npy", allow_pickle=False)
+        vectorizer.idf_ = np.load(folder / cls.FILES[1], allow_pickle=False)
         return cls(vectorizer, config)
 
 

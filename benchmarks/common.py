@@ -1,0 +1,57 @@
+"""What the benchmarks share: the Amazon UK catalog's columns, where the shared data and labelled sets live, and
+a description of the machine the figures were measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from enrich.catalog import Columns
+from enrich.embed import Encoder
+from enrich.precision import dtype_name
+from enrich.sample import AMAZON_COLUMNS  # noqa: F401  (re-exported for the benchmarks)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_CATALOG = SHARED_DATA / "amazon_uk_toys" / "catalog.csv"
+DESCRIPTIONS = SHARED_DATA / "amazon_uk_toys" / "with_descriptions.csv"
+TEST_DATA = ROOT / "tests" / "data"
+AMAZON = Columns(id="uniq_id", title="product_name", brand="manufacturer", text=(),
+                 category="amazon_category_and_sub_category", engagement="number_of_reviews")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def gpu_name() -> str | None:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def cpu() -> dict:
+    """The CPU's model name, the instruction sets that decide which precision is fast, and torch's threads."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def machine(encoder: Encoder) -> str:
+    """Where the figures were measured: the CPU, the GPU if any, and the encoder's precision there."""
+    c = cpu()
+    return (f"{c['model']} ({platform.machine()}, {c['cores']} cores, torch threads {c['torch_threads']}, "
+            f"{' '.join(c['flags']) or 'no AVX-512'}), {gpu_name() or 'no GPU'}, "
+            f"encoder on {encoder.device} in {dtype_name(encoder.dtype)}")
+
+
+def rho(x: np.ndarray, y: np.ndarray) -> float:
+    return float(spearmanr(x, y).statistic)

@@ -1,0 +1,195 @@
+"""`enrich index`: embed a reference catalog, link it in an hnswlib graph, fit the TF-IDF vocabulary, the prior and
+the category model on it, and write them as one new version of the index folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
+from enrich.category.lexical_model import CategoryModel
+from enrich.category.tagger import Tagger
+from enrich.config import EnrichConfig
+from enrich.embed import Encoder, text_hashes
+from enrich.files import NpyRowWriter, exclusive_lock
+from enrich.index.lexical import Lexical
+from enrich.index.neighbors import NeighborIndex
+from enrich.index.store import (EMBEDDINGS, FORMAT, GRAPH, LEXICAL_MATRIX, MANIFEST, REFERENCE, REFUSED, check_encoder,
+                                read_manifest)
+from enrich.index.versions import new_version
+from enrich.manifest import Summary, now, package_versions
+from enrich.prior import ExposurePrior, brand_key, brand_statistics, reference_evidence
+from enrich.engine import EngineConfig
+from enrich.sampling import fit_sample
+
+MIN_REFERENCE = 10  # fewer usable reference listings cannot support neighbours, a vote or a fitted prior
+BUILD_CHUNK_ROWS = 65_536  # listings hashed, embedded and TF-IDF-transformed at a time by an index build
+REFERENCE_COLUMNS = ("id", "title", "brand", "category", "engagement", "text_hash", "deleted")
+
+
+def text_chunks(listings: pl.DataFrame):
+    """(first row, texts) a chunk at a time: an index build never holds the texts of a whole catalog."""
+    for start in range(0, listings.height, BUILD_CHUNK_ROWS):
+        yield start, listing_texts(listings.slice(start, BUILD_CHUNK_ROWS))
+
+
+def embedding_cache_key(encoder: Encoder, dtype: str | None = None) -> str:
+    """What a listing's text hash is made with besides its text. `dtype`: the precision an index recorded, where it
+    is not this machine's (an index built on a GPU, or where bf16 is native, and updated elsewhere)."""
+    return f"{encoder.identity()['fingerprint']}:{f'torch.{dtype}' if dtype else encoder.dtype}:{encoder.max_tokens}"
+
+
+class EmbeddingCache:
+    """Vectors of an earlier build of this folder whose text and weights are unchanged, looked up a chunk at a time.
+    The earlier build may have run in another precision (on a GPU, say): its vectors serve all the same (they agree
+    to cosine 0.9999), looked up by the hashes it made."""
+
+    def __init__(self, out_dir: Path, encoder: Encoder):
+        self.dim, self.where, self.vectors = encoder.dim, {}, None
+        self.key = self.build_key = embedding_cache_key(encoder)
+        try:
+            manifest = read_manifest(out_dir)
+            check_encoder(manifest, encoder.identity(), out_dir)
+            old = pl.read_parquet(out_dir / REFERENCE, columns=["text_hash"])["text_hash"].to_list()
+            self.vectors = np.load(out_dir / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+            self.key = embedding_cache_key(encoder, manifest["encoder"]["dtype"])
+        except (OSError, KeyError, ValueError, pl.exceptions.PolarsError, json.JSONDecodeError):
+            return
+        if len(old) == len(self.vectors):
+            self.where = {h: i for i, h in enumerate(old)}
+
+    def lookup(self, texts: list[str], hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, vectors) for texts with this build's `hashes`: rows not found are zero."""
+        if self.key != self.build_key:
+            hashes = text_hashes(texts, self.key)
+        rows = np.array([self.where.get(h, -1) for h in hashes], dtype=np.int64)
+        found = rows >= 0
+        vectors = np.zeros((len(hashes), self.dim), np.float32)
+        if found.any():
+            vectors[found] = self.vectors[rows[found]]
+        return found, vectors
+
+
+def build_index(reference_path: str | Path, out_dir: str | Path, columns: Columns = Columns(),
+                config: EnrichConfig = EnrichConfig(), progress: bool = True, encoder: Encoder | None = None,
+                tagger_dir: str | Path | None = None, engine: EngineConfig = EngineConfig()) -> Summary:
+    """Embed the reference catalog, build the hnswlib index and fit the prior; write them to `out_dir`.
+
+    `tagger_dir`, a fine-tuned tagger, is recorded in the manifest: `enrich run` then uses it by default.
+    With `engine` Ray, the embedding runs on Ray Data actors; the rest in this process.
+    """
+    started = time.perf_counter()
+    frame = load_catalog(reference_path, columns, config.cleaning, reference=True)
+    return build_index_from_frame(frame, out_dir, source=str(reference_path), columns=columns, config=config,
+                                  progress=progress, encoder=encoder, started=started, tagger_dir=tagger_dir,
+                                  engine=engine)
+
+
+@dataclass
+class Embedded:
+    """The usable reference listings, embedded into the new version's .npy file and the hnswlib graph, and
+    TF-IDF-transformed."""
+
+    neighbors: NeighborIndex
+    lexical_matrix: sp.csr_matrix
+    hashes: list[str]
+    reused: int
+
+
+def embed_reference(ok: pl.DataFrame, out_dir: Path, folder: Path, encoder: Encoder, lexical: Lexical,
+                    config: EnrichConfig, engine: EngineConfig, progress: bool) -> Embedded:
+    """A chunk at a time: embed (or find in the earlier build of `out_dir`), append to `folder`'s embeddings file and
+    to the hnswlib graph, TF-IDF-transform. The graph then holds the only in-memory copy of the vectors."""
+    cache = EmbeddingCache(out_dir, encoder)
+    embeddings = NpyRowWriter(folder / EMBEDDINGS, ok.height, encoder.dim)
+    neighbors = NeighborIndex.empty(encoder.dim, ok.height, config.index)
+    hashes, lexical_parts, reused = [], [], 0
+    with tqdm(total=ok.height, desc="embedding and indexing reference", unit="listing", disable=not progress,
+              leave=False) as bar:
+        for start, texts in text_chunks(ok):
+            chunk_hashes = text_hashes(texts, cache.build_key)
+            found, vectors = cache.lookup(texts, chunk_hashes)
+            missing = np.flatnonzero(~found)
+            if len(missing) and engine.is_ray:
+                from enrich.engine import embed_with_ray
+
+                vectors[missing] = embed_with_ray([texts[i] for i in missing], encoder.config, engine)
+            elif len(missing):
+                vectors[missing] = encoder.encode([texts[i] for i in missing])
+            embeddings.write(vectors)
+            neighbors.add(vectors, np.arange(start, start + len(texts)))
+            lexical_parts.append(lexical.transform(texts))
+            hashes += chunk_hashes
+            reused += int(found.sum())
+            bar.update(len(texts))
+    embeddings.close()
+    return Embedded(neighbors, sp.vstack(lexical_parts, format="csr"), hashes, reused)
+
+
+def fit_prior(ok: pl.DataFrame, embedded: Embedded, config: EnrichConfig) -> ExposurePrior:
+    """The prior, fitted on a sample of the reference listings with each left out of its own neighbours."""
+    engagement = ok["engagement"].to_numpy().astype(np.float64)
+    brands = ok["brand"].to_list()
+    fitted_on = fit_sample(ok.height, config.prior.fit_rows, config.prior.seed)
+    evidence = reference_evidence(None, embedded.neighbors, embedded.lexical_matrix, engagement, brands,
+                                  min(config.index.candidates, ok.height - 1), rows=fitted_on)
+    return ExposurePrior.fit(engagement[fitted_on], evidence, config.prior,
+                             brand_stats=brand_statistics([brand_key(b) for b in brands], engagement))
+
+
+def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str, columns: Columns = Columns(),
+                           config: EnrichConfig = EnrichConfig(), progress: bool = True, encoder: Encoder | None = None,
+                           started: float | None = None, tagger_dir: str | Path | None = None,
+                           engine: EngineConfig = EngineConfig()) -> Summary:
+    """`build_index` for a catalog already loaded with `load_catalog(..., reference=True)`."""
+    started = started or time.perf_counter()
+    out_dir = Path(out_dir)
+    if tagger_dir is not None:
+        Tagger.check(tagger_dir)
+    ok = frame.filter(pl.col("status") == "ok")
+    if ok.height < MIN_REFERENCE:
+        raise CatalogError(f"{source}: {ok.height} usable reference listings (of {frame.height} rows); an index needs at"
+                           f" least {MIN_REFERENCE} with a title and a numeric engagement")
+    encoder = encoder or Encoder(config.encoder)
+    with exclusive_lock(out_dir, "this index"), new_version(out_dir) as folder:
+        lexical = Lexical.fit(listing_texts(ok[fit_sample(ok.height, config.lexical.fit_rows, config.prior.seed)]),
+                              config.lexical)
+        embedded = embed_reference(ok, out_dir, folder, encoder, lexical, config, engine, progress)
+        prior = fit_prior(ok, embedded, config)
+        category_model = CategoryModel.fit(embedded.lexical_matrix, ok["category"].to_list(), config.category_model)
+        summary = Summary.of(frame, started)
+        summary.reused_embeddings = embedded.reused
+        manifest = {
+            "format": FORMAT, "built_at": now(), "source": source, "columns": asdict(columns), "config": asdict(config),
+            "encoder": encoder.identity(),
+            "tagger": str(Path(tagger_dir).resolve()) if tagger_dir else None,
+            # Also relative to the folder that holds the index, so that the two can be moved together.
+            "tagger_relative": os.path.relpath(Path(tagger_dir).resolve(), out_dir.resolve().parent) if tagger_dir else None,
+            "packages": package_versions(),
+            "counts": {"rows": frame.height, "indexed": ok.height, "refused": frame.height - ok.height,
+                       "reused_embeddings": embedded.reused, "lexical_vocabulary": lexical.vocabulary_size},
+            "prior_fit": prior.fit_metrics,
+            "category_model": category_model.info if category_model else None,
+            "updates": [],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        ok.select(REFERENCE_COLUMNS[:5]).with_columns(
+            text_hash=pl.Series(embedded.hashes, dtype=pl.String), deleted=pl.lit(False)).write_parquet(folder / REFERENCE)
+        frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / REFUSED)
+        embedded.neighbors.save(str(folder / GRAPH))
+        lexical.save(folder)
+        sp.save_npz(folder / LEXICAL_MATRIX, embedded.lexical_matrix, compressed=False)  # zlib costs seconds at 100k
+        prior.save(folder)
+        if category_model is not None:
+            category_model.save(folder)
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    summary.seconds = time.perf_counter() - started
+    return summary
