@@ -8,7 +8,7 @@ CATALOG ?= ../shared/data/amazon_uk_toys/catalog.csv
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo describe finetune test test-all eval bench bench-llm bench-tags scale
+.PHONY: help setup demo describe finetune test test-all wheel-check eval bench bench-llm bench-tags scale
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test: ## the test suite (the default run: no GPU, no network, about 3 minutes on
 
 test-all: ## every test, the slow ones too (what CI runs besides `make test`)
 	$(BIN)/python -m pytest -q -m ""
+
+wheel-check: ## build the wheel, install it into a fresh venv, describe the sample with it (CI runs it)
+	PATH="$(CURDIR)/$(BIN):$$PATH" .ci/wheel-check
 
 eval: ## hold out 20% of ../shared/data/amazon_uk_toys/catalog.csv, enrich and score it (out/eval/)
 	$(BIN)/enrich eval ../shared/data/amazon_uk_toys/catalog.csv --columns $(SAMPLE)/columns.toml --out $(OUT)/eval
