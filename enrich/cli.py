@@ -113,11 +113,19 @@ def _parser() -> argparse.ArgumentParser:
     quiet.add_argument("--quiet", action="store_true", help="no progress bars")
 
     index = commands.add_parser("index", parents=[quiet], help="embed a reference catalog and build its hnswlib index")
-    index.add_argument("reference", help="reference catalog with engagement (.csv, .parquet, .jsonl)")
-    index.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
+    index.add_argument("reference", nargs="?", help="reference catalog with engagement (.csv, .parquet, .jsonl)")
+    index.add_argument("--out", required=True, help="index folder to write (a new version, switched to atomically)")
     index.add_argument("--model", help="a fine-tuned tagger folder (`enrich finetune`); `enrich run` uses it by default")
-    index.add_argument("--update", action="store_true",
-                       help="update the index in --out to this catalog without a rebuild: add new listings, mark delisted ones deleted")
+    change = index.add_argument_group("changing an existing index")
+    change.add_argument("--update", action="store_true",
+                        help="add the file's new listings and replace its changed ones without a rebuild; deletes nothing")
+    change.add_argument("--delete-missing", action="store_true",
+                        help="with --update: the file is the whole current catalog; delete the listings it lacks")
+    change.add_argument("--max-delete", type=float, default=0.1, metavar="SHARE",
+                        help="with --delete-missing: refuse to delete more than this share of the index (default 0.1)")
+    change.add_argument("--versions", action="store_true", help="list the index's kept versions and exit")
+    change.add_argument("--rollback", action="store_true", help="point the index back at its previous version and exit")
+    change.add_argument("--verify", action="store_true", help="check every file of the index against its checksum and exit")
     _column_flags(index)
     _engine_flags(index)
 
@@ -168,12 +176,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _index_versions(args: argparse.Namespace) -> list[str]:
+    from pathlib import Path
+
+    from enrich.index import versions
+    from enrich.index.store import ReferenceIndex, read_manifest
+
+    out = Path(args.out)
+    if args.rollback:
+        return [f"index {out} now points at {versions.rollback(out).name}"]
+    if args.verify:
+        index = ReferenceIndex.load(out, verify=True)
+        return [f"{index.folder}: every file matches the checksum `enrich index` recorded ({len(index.manifest['files'])} files)"]
+    lines = []
+    for version, current in versions.list_versions(out):
+        manifest = read_manifest(version)
+        updated = manifest["updates"][-1]["at"] if manifest["updates"] else manifest["built_at"]
+        lines.append(f"{'*' if current else ' '} {version.name}  written {updated}  {manifest['counts']['indexed']} listings"
+                     f"  {len(manifest['updates'])} updates since the build")
+    return lines or [f"{out}: no versions"]
+
+
 def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from enrich.files import check_output_path
     from enrich.index.build import build_index
     from enrich.index.update import update_index
 
+    if args.versions or args.rollback or args.verify:
+        for line in _index_versions(args):
+            print(line)
+        return []
+    if args.reference is None:
+        raise CatalogError("enrich index needs a reference catalog (or --versions, --rollback or --verify)")
+    if args.delete_missing and not args.update:
+        raise CatalogError("--delete-missing goes with --update")
+    check_output_path(args.out, inputs=(args.reference,), folder=True)
     if args.update:
-        summary = update_index(args.reference, args.out, columns, progress=progress)
+        summary = update_index(args.reference, args.out, columns, progress=progress, delete_missing=args.delete_missing,
+                               max_delete_share=args.max_delete)
         return summary.lines("usable") + [f"  unchanged listings kept without re-embedding: {summary.reused_embeddings}",
                                           f"index updated in {args.out}"]
     summary = build_index(args.reference, args.out, columns, progress=progress, tagger_dir=args.model, engine=_engine(args))
@@ -260,8 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_hugging_face()
     try:
         lines = COMMANDS[args.command](args, _columns(args), not getattr(args, "quiet", True))
-    except (CatalogError, OutputError, ValueError, FileNotFoundError) as e:
+    except (CatalogError, OutputError, ValueError) as e:
         print(f"enrich: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder made read-only, a disk full: the file and the reason, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"enrich: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     if lines:
         print("\n".join(lines), file=sys.stderr)

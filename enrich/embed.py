@@ -100,21 +100,34 @@ class Encoder:
         return out
 
     def _encode_chunk(self, texts: list[str], out: np.ndarray, bar) -> None:
-        # One call of the fast tokenizer for the chunk, then length-sorted batches: little padding.
+        # One call of the fast tokenizer for the chunk, then batches of equal padded length: little padding, and
+        # each listing's vector the same whichever listings share its batch.
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        size = self.config.batch_size
-        for start in range(0, len(texts), size):
-            idx = order[start : start + size]
-            # Multiples of 8 tokens: fewer distinct shapes for oneDNN to build kernels for.
-            batch = self.tokenizer.pad(
-                {"input_ids": [ids[i] for i in idx]}, return_tensors="pt", pad_to_multiple_of=8
-            ).to(self.device)
+        for idx, length in same_length_batches([len(x) for x in ids], self.config.batch_size):
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, padding="max_length", max_length=length,
+                                       return_tensors="pt").to(self.device)
             hidden = self.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
             bar.update(len(idx))
+
+
+def same_length_batches(lengths: list[int], batch_size: int, multiple: int = 8):
+    """(positions, padded length) batches, longest first, of texts whose token counts round up to the same multiple
+    of `multiple`. A text is padded to a length that depends on it alone, so its result does not depend on the
+    texts it happens to share a batch with (low-precision kernels round differently at other shapes), nor on how
+    a run was cut into parts; multiples of 8 keep the kernel shapes few."""
+    padded = [-(-n // multiple) * multiple for n in lengths]
+    order = sorted(range(len(lengths)), key=lambda i: (-padded[i], i))
+    start = 0
+    while start < len(order):
+        length = padded[order[start]]
+        end = start
+        while end < len(order) and end - start < batch_size and padded[order[end]] == length:
+            end += 1
+        yield np.array(order[start:end]), length
+        start = end
 
 
 def text_hashes(texts: list[str], encoder_fingerprint: str) -> list[str]:

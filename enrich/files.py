@@ -7,6 +7,7 @@ file (a temporary file would otherwise keep mode 0600).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +21,13 @@ import polars as pl
 
 class OutputError(ValueError):
     """An output that cannot or must not be written where it was asked for."""
+
+
+class DamagedFile(ValueError):
+    """A file of an index or model folder that is not what enrich wrote there."""
+
+
+VERIFY_BYTES = 256 * 2**20  # files up to this size are hashed on every load; larger ones when asked to verify
 
 
 def _umask_mode() -> int:
@@ -120,18 +128,18 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def check_output_path(path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> Path:
-    """Refuse, before any work, an output that is a folder, that names an input, or that lies inside an index or
-    model folder (it would corrupt it)."""
+def check_output_path(path: str | Path, inputs: tuple[str | Path | None, ...] = (), folder: bool = False) -> Path:
+    """Refuse, before any work, an output that names an input or lies inside (or, for a file, is) an index or model
+    folder: it would replace or corrupt it. `folder`: the output is a folder (an index), not a file."""
     path = Path(path)
-    if path.is_dir():
+    if not folder and path.is_dir():
         raise OutputError(f"{path}: is a folder; --out takes a file name such as {path / 'enriched.parquet'}")
     for given in inputs:
-        if given is not None and same_file(given, path):
+        if given is not None and (same_file(given, path) or Path(given).resolve().is_relative_to(path.resolve())):
             raise OutputError(f"{path}: --out names an input file, which the output would replace; choose another name")
-    for folder in path.resolve().parents:
-        if is_artifact_folder(folder):
-            raise OutputError(f"{path}: --out lies inside {folder}, an enrich index or model folder; write outputs elsewhere")
+    for parent in path.resolve().parents:
+        if is_artifact_folder(parent):
+            raise OutputError(f"{path}: --out lies inside {parent}, an enrich index or model folder; write outputs elsewhere")
     return path
 
 
@@ -170,3 +178,33 @@ def exclusive_lock(target: Path, what: str) -> Iterator[None]:
             handle.seek(0)
             handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digests(folder: Path, skip: tuple[str, ...] = ("manifest.json",)) -> dict[str, dict]:
+    """Every file of an artifact folder with its size and SHA-256, for its manifest."""
+    return {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name not in skip}
+
+
+def check_files(folder: Path, recorded: dict[str, dict], what: str, verify: bool = False) -> None:
+    """Refuse a damaged artifact: a recorded file missing, replaced by a link, of another size, or (where it is small
+    enough to hash on every load, or with `verify`) of other content. Damaged files must never reach hnswlib or torch,
+    which can crash or return garbage on them."""
+    for name, expected in recorded.items():
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            raise DamagedFile(f"{path}: {'a link' if path.is_symlink() else 'missing'} where {what} wrote a file:"
+                              " the folder has been changed by hand")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise DamagedFile(f"{path}: {size} bytes where {what} wrote {expected['bytes']}: the file is damaged")
+        if (verify or size <= VERIFY_BYTES) and sha256(path) != expected["sha256"]:
+            raise DamagedFile(f"{path}: its content differs from what {what} wrote (checksum): the file is damaged")

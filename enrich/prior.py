@@ -9,7 +9,9 @@ Empirical Bayes on the log scale, y = log1p(engagement):
    combined with it by a ridge regression fitted on the reference catalog, every feature computed
    leave-one-out (or cross-fitted) so the weights are learned on evidence like a new listing's;
 4. the interval comes from the fitted model's residuals on the reference catalog, by evidence bin
-   (split-conformal style), and the mean on the engagement scale by Duan's smearing.
+   (split-conformal style), and the mean on the engagement scale by Duan's smearing (winsorized).
+Log engagement is read up to a cap, a hundred times the 99th percentile listing's engagement: the catalog's real
+head stays whole, and a handful of absurd values cannot drag every other listing's prior with them.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class ExposurePrior:
     global_sd: float
     global_quantiles: dict[str, float]
     shrink: float
+    log_cap: float  # log engagement is read up to this (see the module)
     brand_stats: dict[str, list[float]]  # brand key -> [sum of y, count]
     text_coef: np.ndarray
     text_intercept: float
@@ -129,28 +132,29 @@ class ExposurePrior:
     # -- fitting ---------------------------------------------------------------------------------
     @classmethod
     def fit(cls, engagement: np.ndarray, evidence: Evidence, config: PriorConfig = PriorConfig(),
-            brand_stats: dict[str, list[float]] | None = None) -> "ExposurePrior":
+            brand_stats: dict[str, list[float]] | None = None, log_cap: float | None = None) -> "ExposurePrior":
         """Fit on reference listings; `evidence` must leave each listing out of its own candidates.
 
         When those listings are a sample (`fit_rows`), `brand_stats` of the whole catalog, which includes them,
-        gives every brand its full count.
+        gives every brand its full count, and `log_cap` is the whole catalog's (`engagement_log_cap`).
         """
-        y = np.log1p(np.asarray(engagement, dtype=np.float64))
+        log_cap = engagement_log_cap(engagement) if log_cap is None else log_cap
+        y = capped_log(engagement, log_cap)
         mu, sd = float(y.mean()), float(y.std())
         quantiles = {f"q{int(q * 100)}": float(np.expm1(np.quantile(y, q))) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
         weights = _absolute_weights(evidence.sims, config.temperature)
-        neighbor_y = np.log1p(evidence.neighbor_engagement)
+        neighbor_y = capped_log(evidence.neighbor_engagement, log_cap)
         mass = weights.sum(1)
         # Empirical Bayes pseudo-count: the one that best predicts held-out listings from their neighbours.
         errors = {k: float(np.mean((((weights * neighbor_y).sum(1) + k * mu) / (mass + k) - y) ** 2)) for k in config.shrink_grid}
         shrink = min(errors, key=errors.get)
 
         if brand_stats is None:
-            brand_stats = brand_statistics(evidence.brands, engagement)
+            brand_stats = brand_statistics(evidence.brands, engagement, log_cap)
         text_oof, text_model = cross_fitted_text_model(evidence.text_features, y, config)
 
         prior = cls(
-            config=config, global_mean=mu, global_sd=sd, global_quantiles=quantiles, shrink=shrink,
+            config=config, global_mean=mu, global_sd=sd, global_quantiles=quantiles, shrink=shrink, log_cap=log_cap,
             brand_stats=brand_stats, text_coef=text_model.coef_.astype(np.float32),
             text_intercept=float(text_model.intercept_), coef=[], intercept=mu, ridge_alpha=0.0,
             bin_edges=[], residual_low=[], residual_high=[], smearing=1.0,
@@ -172,7 +176,9 @@ class ExposurePrior:
         in_bin = [residuals[bins == b] if (bins == b).any() else residuals for b in range(len(edges) + 1)]
         prior.residual_low = [float(np.quantile(r, tail)) for r in in_bin]
         prior.residual_high = [float(np.quantile(r, 1 - tail)) for r in in_bin]
-        prior.smearing = float(np.mean(np.exp(residuals)))
+        # Duan's smearing over residuals winsorized at their 2.5th and 97.5th percentiles: a mean of exponentials is ruled
+        # by its largest terms, and a few absurd listings must not multiply every other prior.
+        prior.smearing = float(np.mean(np.exp(np.clip(residuals, *np.quantile(residuals, [0.025, 0.975])))))
         prior.fit_metrics = {"rmse_log": float(np.sqrt(np.mean(residuals**2))), "rows": int(len(y)),
                              "brand_rows": int(sum(count for _, count in brand_stats.values()))}
         return prior
@@ -181,7 +187,7 @@ class ExposurePrior:
     def features(self, evidence: Evidence, leave_out: np.ndarray | None = None, text_prediction: np.ndarray | None = None) -> np.ndarray:
         """The FEATURES matrix. `leave_out`: each row's own y, removed from its brand's statistics."""
         config, mu = self.config, self.global_mean
-        neighbor_y = np.log1p(evidence.neighbor_engagement)
+        neighbor_y = capped_log(evidence.neighbor_engagement, self.log_cap)
         weights = _absolute_weights(evidence.sims, config.temperature)
         mass = weights.sum(1)
         neighbors_eb = ((weights * neighbor_y).sum(1) + self.shrink * mu) / (mass + self.shrink)
@@ -209,7 +215,9 @@ class ExposurePrior:
             return PriorEstimate(empty, empty, empty, empty, empty)
         if evidence.sims.shape[1] == 0:
             raise ValueError("the reference index is empty: no neighbours to base a prior on")
-        log_mean = self.features(evidence) @ np.array(self.coef) + self.intercept
+        # Row by row (einsum's own loop, not BLAS, whose blocking depends on the number of rows): a listing's prior is
+        # the same whichever listings it is computed with.
+        log_mean = np.einsum("ij,j->i", self.features(evidence), np.array(self.coef)) + self.intercept
         mass = _absolute_weights(evidence.sims, self.config.temperature).sum(1)
         bins = np.searchsorted(np.array(self.bin_edges), np.log1p(mass))
         low = np.expm1(log_mean + np.array(self.residual_low)[bins])
@@ -236,10 +244,19 @@ class ExposurePrior:
         return cls(text_coef=np.load(folder / cls.FILES[1], allow_pickle=False), **saved)
 
 
-def brand_statistics(brands: list[str], engagement: np.ndarray) -> dict[str, list[float]]:
-    """brand key -> [sum of log1p(engagement), count], over listings with a known brand."""
+def engagement_log_cap(engagement: np.ndarray) -> float:
+    """The highest log engagement the prior reads: that of a hundred times the 99th percentile listing's."""
+    return float(np.quantile(np.log1p(np.asarray(engagement, dtype=np.float64)), 0.99) + np.log(100.0))
+
+
+def capped_log(engagement: np.ndarray, log_cap: float) -> np.ndarray:
+    return np.minimum(np.log1p(np.asarray(engagement, dtype=np.float64)), log_cap)
+
+
+def brand_statistics(brands: list[str], engagement: np.ndarray, log_cap: float) -> dict[str, list[float]]:
+    """brand key -> [sum of capped log1p(engagement), count], over listings with a known brand."""
     stats: dict[str, list[float]] = {}
-    for key, value in zip(brands, np.log1p(np.asarray(engagement, dtype=np.float64))):
+    for key, value in zip(brands, capped_log(engagement, log_cap)):
         if key:
             entry = stats.setdefault(key, [0.0, 0.0])
             entry[0] += float(value)

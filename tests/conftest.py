@@ -104,3 +104,23 @@ def small_taxonomy(tmp_path_factory):
 def llm_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ENRICH_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_config(tiny_bert):
+    """The tiny random BERT as the sentence encoder: for tests where the encoder is not the point (fast to load and
+    to run; its vectors mean nothing)."""
+    from enrich.embed import EncoderConfig
+
+    return EncoderConfig(model_path=tiny_bert, precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory, sample, sample_columns, tiny_encoder_config):
+    """The bundled reference sample indexed with the tiny encoder, once for the session."""
+    from enrich.config import EnrichConfig
+    from enrich.index.build import build_index
+
+    folder = tmp_path_factory.mktemp("tiny-index") / "index"
+    build_index(sample["reference"], folder, sample_columns, EnrichConfig(encoder=tiny_encoder_config), progress=False)
+    return folder

@@ -287,7 +287,8 @@ def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tm
         pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("999")).otherwise(pl.col("number_of_reviews")).alias("number_of_reviews"),
     )
     after.write_csv(tmp_path / "after.csv")
-    code, err = run_cli(capsys, "index", tmp_path / "after.csv", "--out", tmp_path / "index", "--update", "--columns",
+    code, err = run_cli(capsys, "index", tmp_path / "after.csv", "--out", tmp_path / "index", "--update", "--delete-missing",
+                        "--max-delete", "0.2", "--columns",
                         sample["columns"], "--quiet")
     assert code == 0, err
     assert "unchanged listings kept without re-embedding: 34" in err
@@ -299,8 +300,8 @@ def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tm
     assert unknown and f"warning: {unknown} categories in the index are new since the last full build" in err
     assert index.reference.height == 51 and int(index.reference["deleted"].sum()) == 6 and len(index.neighbors) == 45
     assert index.manifest["updates"][-1] | {"seconds": 0, "at": "", "source": ""} == {
-        "added": 11, "deleted": 6, "refreshed": 34, "categories_unknown_to_the_model": unknown, "seconds": 0, "at": "",
-        "source": ""}
+        "added": 11, "deleted": 6, "replaced": 1, "refreshed": 34, "categories_unknown_to_the_model": unknown, "seconds": 0,
+        "at": "", "source": ""}
     first = index.reference.with_row_index().filter(pl.col("id") == after["uniq_id"][0])
     assert first["engagement"].to_list() == [999.0]
     from enrich.catalog import listing_texts, load_catalog

@@ -77,6 +77,9 @@ class CleaningConfig:
     """How raw text fields are cleaned before anything reads them."""
 
     max_title_chars: int = 300  # longer titles are cut, with a note in `notes`
+    max_engagement: float = 1e9  # a larger engagement value is refused: no listing has a billion orders or reviews
+    # A reference listing with more than this many times the catalog's 99th percentile engagement is refused too.
+    implausible_ratio: float = 1000.0
     max_text_chars: int = 2000  # longer descriptions are cut, with a note in `notes`
     unicode_form: str = "NFKC"  # unicode normalisation form
     # A category path made only of these words (any case) says nothing: it is read as missing, with a note, so a

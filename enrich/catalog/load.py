@@ -30,13 +30,24 @@ def _html_to_text(value: str) -> str:
 
 
 def _clean(column: pl.Expr, form: str) -> pl.Expr:
+    """HTML to text, unicode normalised; control characters (NUL, tabs) become spaces and invisible format
+    characters (zero-width spaces, soft hyphens) go, so that a title made only of them is an empty title."""
     return (
         column.fill_null("")
         .map_elements(_html_to_text, return_dtype=pl.String)
         .str.normalize(form)
+        .str.replace_all(r"\p{Cc}", " ")
+        .str.replace_all(r"\p{Cf}", "")
         .str.replace_all(r"\s+", " ")
         .str.strip_chars()
     )
+
+
+def _engagement(raw: pl.Expr) -> pl.Expr:
+    """The number in an engagement field. A comma is a thousands separator only between groups of three digits
+    (1,234,567): "1,5" is not read as 15, nor guessed to be 1.5."""
+    grouped = raw.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
+    return pl.when(grouped).then(raw.str.replace_all(",", "")).otherwise(raw).cast(pl.Float64, strict=False)
 
 
 def _tag_list(text: pl.Expr) -> pl.Expr:
@@ -141,7 +152,7 @@ def load_catalog(
     frame = _truncate(frame, "text", cleaning.max_text_chars)
     frame = without_placeholder_category(frame, cleaning.placeholder_categories)
     frame = frame.with_columns(
-        pl.col("engagement_raw").str.replace_all(",", "").cast(pl.Float64, strict=False).alias("engagement"),
+        _engagement(pl.col("engagement_raw")).alias("engagement"),
         pl.when(pl.col("category") == "").then(None).otherwise(pl.col("category")).alias("category"),
         pl.col("notes").str.strip_chars_end("; "),
     )
@@ -150,7 +161,9 @@ def load_catalog(
     checked = [c for c in [columns.id, columns.title, columns.brand, *text_cols, *_category_columns(columns), columns.tags] if c]
     if reference:
         checked.append(columns.engagement)
-    frame = frame.with_columns(_status(raw, checked, columns, reference, bad_bytes, problems).alias("status"))
+    frame = frame.with_columns(_status(raw, checked, columns, cleaning, reference, bad_bytes, problems).alias("status"))
+    if reference:
+        frame = refuse_implausible_engagement(frame, columns.engagement, cleaning.implausible_ratio)
     return frame.select(STANDARD_COLUMNS)
 
 
@@ -165,8 +178,8 @@ def _category_path(raw: pl.DataFrame, columns: Columns) -> pl.Expr:
     return levels.list.eval(pl.element().filter(pl.element() != "")).list.join(" > ")
 
 
-def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: bool, bad_bytes: str | None,
-            problems: list[str | None] | None = None) -> pl.Expr:
+def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, cleaning: CleaningConfig, reference: bool,
+            bad_bytes: str | None, problems: list[str | None] | None = None) -> pl.Expr:
     """The first reason a row cannot be enriched, naming the row and the field; 'ok' otherwise."""
 
     def refused(message: pl.Expr) -> pl.Expr:
@@ -189,17 +202,36 @@ def _status(raw: pl.DataFrame, checked: list[str], columns: Columns, reference: 
     ]
     if reference:
         name = columns.engagement
+        value = pl.col("engagement")
         rules += [
             (pl.col("engagement_raw").fill_null("") == "", refused(pl.lit(f"field '{name}': no engagement value"))),
-            (pl.col("engagement").is_null(),
-             refused(pl.format(f"field '{name}': engagement '{{}}' is not a number", pl.col("engagement_raw")))),
-            ((pl.col("engagement") < 0) | pl.col("engagement").is_infinite() | pl.col("engagement").is_nan(),
+            (value.is_null() & pl.col("engagement_raw").str.contains(r"^\d+,\d{1,2}$|^\d+,\d{4,}$"),
+             refused(pl.format(f"field '{name}': engagement '{{}}' is not a number (a decimal comma? write it with a point)",
+                               pl.col("engagement_raw")))),
+            (value.is_null(), refused(pl.format(f"field '{name}': engagement '{{}}' is not a number", pl.col("engagement_raw")))),
+            ((value < 0) | value.is_infinite() | value.is_nan(),
              refused(pl.format(f"field '{name}': engagement '{{}}' is not a finite count >= 0", pl.col("engagement_raw")))),
+            (value > cleaning.max_engagement,
+             refused(pl.format(f"field '{name}': engagement '{{}}' is more than {cleaning.max_engagement:g}, not a plausible"
+                               " count (CleaningConfig.max_engagement)", pl.col("engagement_raw")))),
         ]
     status = pl.lit("ok")
     for condition, message in reversed(rules):
         status = pl.when(condition).then(message).otherwise(status)
     return status
+
+
+def refuse_implausible_engagement(frame: pl.DataFrame, column: str, ratio: float, typical: float | None = None) -> pl.DataFrame:
+    """Refuse usable rows whose engagement is more than `ratio` times `typical` (default: the 99th percentile of the
+    usable rows' own): a typo or a bot's clicks, which would otherwise drag the priors of every listing near it."""
+    usable = frame.filter(pl.col("status") == "ok")["engagement"]
+    if typical is None:
+        typical = float(usable.quantile(0.99)) if usable.len() else 0.0
+    limit = ratio * max(typical, 1.0)
+    implausible = (pl.col("status") == "ok") & (pl.col("engagement") > limit)
+    message = pl.format(f"refused: row {{}} field '{column}': engagement '{{}}' is more than {ratio:g} times the catalog's"
+                        f" 99th percentile ({typical:g}): not plausible here", pl.col("row"), pl.col("engagement_raw"))
+    return frame.with_columns(pl.when(implausible).then(message).otherwise(pl.col("status")).alias("status"))
 
 
 def put_back(frame: pl.DataFrame, ok_mask: np.ndarray, computed: pl.DataFrame, keep: list[str]) -> pl.DataFrame:

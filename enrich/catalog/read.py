@@ -59,7 +59,7 @@ def read_raw(path: Path, encoding: str = "utf-8", delimiter: str | None = None
                 frame, problems = _read_ragged_csv(text, path, error, separator)
                 return frame, bad_bytes, problems
         else:
-            frame = _as_strings(pl.read_ndjson(data, infer_schema_length=None) if data.strip() else pl.DataFrame())
+            frame = _read_json_lines(data, path)
     except (pl.exceptions.PolarsError, OSError) as e:
         # Only a parse error has a line to name; a file that could not be read at all (OSError) has no data.
         where = _first_bad_json_line(data) if fmt == "jsonl" and isinstance(e, pl.exceptions.PolarsError) else ""
@@ -109,12 +109,40 @@ def _read_ragged_csv(text: str, path: Path, error: Exception, delimiter: str) ->
     return pl.DataFrame(records, schema={name: pl.String for name in header}, orient="row"), problems
 
 
+def _read_json_lines(data: bytes, path: Path) -> pl.DataFrame:
+    """polars' reader, or, where the lines disagree in shape (a field a string in one line and a list in the next),
+    each line read on its own: every value becomes text the same way whatever its shape."""
+    if not data.strip():
+        return pl.DataFrame()
+    try:
+        return _as_strings(pl.read_ndjson(data, infer_schema_length=None))
+    except pl.exceptions.PolarsError:
+        if problem := _first_bad_json_line(data):
+            raise CatalogError(f"{path}: cannot be read as jsonl: {problem}") from None
+    records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    names = list(dict.fromkeys(name for record in records for name in record))
+    return pl.DataFrame({name: [_as_text(record.get(name)) for record in records] for name in names},
+                        schema={name: pl.String for name in names})
+
+
+def _as_text(value) -> str | None:
+    """A JSON value as a field's text: a list of plain values joined with "; ", anything nested as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(v is None or isinstance(v, (str, int, float, bool)) for v in value):
+        return "; ".join(str(v) for v in value if v is not None)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def _as_strings(frame: pl.DataFrame) -> pl.DataFrame:
     """Every column as text: lists (bullet points) joined with "; ", nested objects as JSON, the rest cast."""
     def as_string(name: str, dtype: pl.DataType) -> pl.Expr:
         if isinstance(dtype, (pl.List, pl.Array)):
             if isinstance(dtype.inner, (pl.List, pl.Array, pl.Struct)):
-                return pl.col(name).map_elements(json.dumps, return_dtype=pl.String)
+                return pl.col(name).map_elements(lambda v: json.dumps(v.to_list(), ensure_ascii=False, default=str),
+                                                  return_dtype=pl.String)
             return pl.col(name).cast(pl.List(pl.String)).list.join("; ")
         if isinstance(dtype, pl.Struct):
             return pl.col(name).struct.json_encode()

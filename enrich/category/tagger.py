@@ -18,6 +18,8 @@ from scipy.special import expit, softmax
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from enrich.category.paths import PATH_SEPARATOR, path_levels
+from enrich.embed import same_length_batches
+from enrich.files import check_files, file_digests, write_json
 from enrich.precision import resolve_device, resolve_dtype
 
 TAGGER_FILE = "tagger.json"
@@ -91,7 +93,14 @@ class Tagger:
         slower there for a model this small (docs/benchmarks.md)."""
         folder = Path(folder)
         cls.check(folder)
-        info = json.loads((folder / TAGGER_FILE).read_text())
+        try:
+            info = json.loads((folder / TAGGER_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{folder / TAGGER_FILE}: not valid JSON ({e}); the tagger is damaged: train it again") from None
+        if "files" not in info:
+            raise ValueError(f"{folder / TAGGER_FILE} does not list the tagger's files: it was not written by this enrich;"
+                             " train it again with `enrich finetune`")
+        check_files(folder, info["files"], "`enrich finetune`")
         device = resolve_device(device)
         dtype = torch.float32 if precision == "auto" and device.startswith("cuda") else resolve_dtype(precision, device)
         model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).to(device)
@@ -102,7 +111,8 @@ class Tagger:
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
-        (folder / TAGGER_FILE).write_text(json.dumps(self.info, indent=1))
+        self.info = {**self.info, "files": file_digests(folder, skip=(TAGGER_FILE,))}
+        write_json(folder / TAGGER_FILE, self.info)  # last: a folder without it is not a tagger yet
 
     @torch.inference_mode()
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -110,10 +120,9 @@ class Tagger:
         if not texts:
             return out
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt").to(self.device)
+        for idx, length in same_length_batches([len(x) for x in ids], batch_size):
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, padding="max_length", max_length=length,
+                                       return_tensors="pt").to(self.device)
             with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 out[idx] = self.model(**batch).logits.float().cpu().numpy()
         return out

@@ -19,14 +19,14 @@ from enrich.category.lexical_model import CategoryModel
 from enrich.category.tagger import Tagger
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder, text_hashes
-from enrich.files import NpyRowWriter, exclusive_lock
+from enrich.files import NpyRowWriter, exclusive_lock, file_digests
 from enrich.index.lexical import Lexical
 from enrich.index.neighbors import NeighborIndex
 from enrich.index.store import (EMBEDDINGS, FORMAT, GRAPH, LEXICAL_MATRIX, MANIFEST, REFERENCE, REFUSED, check_encoder,
                                 read_manifest)
 from enrich.index.versions import new_version
 from enrich.manifest import Summary, now, package_versions
-from enrich.prior import ExposurePrior, brand_key, brand_statistics, reference_evidence
+from enrich.prior import ExposurePrior, brand_key, brand_statistics, engagement_log_cap, reference_evidence
 from enrich.engine import EngineConfig
 from enrich.sampling import fit_sample
 
@@ -141,8 +141,9 @@ def fit_prior(ok: pl.DataFrame, embedded: Embedded, config: EnrichConfig) -> Exp
     fitted_on = fit_sample(ok.height, config.prior.fit_rows, config.prior.seed)
     evidence = reference_evidence(None, embedded.neighbors, embedded.lexical_matrix, engagement, brands,
                                   min(config.index.candidates, ok.height - 1), rows=fitted_on)
-    return ExposurePrior.fit(engagement[fitted_on], evidence, config.prior,
-                             brand_stats=brand_statistics([brand_key(b) for b in brands], engagement))
+    log_cap = engagement_log_cap(engagement)
+    return ExposurePrior.fit(engagement[fitted_on], evidence, config.prior, log_cap=log_cap,
+                             brand_stats=brand_statistics([brand_key(b) for b in brands], engagement, log_cap))
 
 
 def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str, columns: Columns = Columns(),
@@ -190,6 +191,6 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
         prior.save(folder)
         if category_model is not None:
             category_model.save(folder)
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (folder / MANIFEST).write_text(json.dumps({**manifest, "files": file_digests(folder)}, indent=1))
     summary.seconds = time.perf_counter() - started
     return summary

@@ -18,12 +18,13 @@ import scipy.sparse as sp
 from enrich.catalog import CatalogError
 from enrich.category.lexical_model import CategoryModel
 from enrich.config import EnrichConfig
-from enrich.embed import Encoder, EncoderConfig
+from enrich.embed import Encoder, EncoderConfig, local_model_folder, model_fingerprint, packaged_model_path
+from enrich.files import DamagedFile, check_files
 from enrich.index.lexical import Lexical, LexicalConfig
 from enrich.index.neighbors import IndexConfig, NeighborIndex
 from enrich.prior import ExposurePrior
 
-FORMAT = 3  # 3: one copy of the encoder's settings, the vote's level cut in its own config
+FORMAT = 3  # 3: every file's size and checksum in the manifest; one copy of the encoder's settings
 MANIFEST = "manifest.json"
 REFERENCE = "reference.parquet"  # the id map: row i is hnswlib label i
 EMBEDDINGS = "embeddings.npy"
@@ -34,16 +35,23 @@ REQUIRED = (MANIFEST, REFERENCE, EMBEDDINGS, GRAPH, LEXICAL_MATRIX, *Lexical.FIL
 
 
 class IndexMismatch(CatalogError):
-    """An index folder that this encoder or this version of enrich cannot use."""
+    """An index folder that this encoder or this version of enrich cannot use, or whose files are damaged."""
 
 
 def read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
     if not path.exists():
         raise IndexMismatch(f"{folder}: not an enrich index (no {MANIFEST}); build one with `enrich index`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise IndexMismatch(f"{folder}: index format {manifest.get('format')}, this enrich reads {FORMAT}; rebuild it")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexMismatch(f"{path}: not valid JSON ({e}); the index is damaged: rebuild it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise IndexMismatch(f"{folder}: index format {found}, this enrich reads {FORMAT}; rebuild it")
+    missing = [key for key in ("config", "encoder", "files", "counts", "category_model", "tagger") if key not in manifest]
+    if missing:
+        raise IndexMismatch(f"{path}: no {', '.join(repr(k) for k in missing)}; the index is damaged: rebuild it")
     return manifest
 
 
@@ -63,23 +71,35 @@ class ReferenceIndex:
         self.engagement = reference["engagement"].to_numpy().astype(np.float64)
 
     @classmethod
-    def load(cls, folder: str | Path, encoder: Encoder | None = None) -> "ReferenceIndex":
+    def load(cls, folder: str | Path, encoder: Encoder | None = None, verify: bool = False) -> "ReferenceIndex":
+        """The index in `folder`, its files checked against the manifest first (`verify`: hash even the large ones)."""
         folder = Path(folder).resolve()  # once: every file comes from the same version of the index
         missing = [name for name in REQUIRED if not (folder / name).exists()]
         if missing:
             raise IndexMismatch(f"{folder}: not an enrich index (missing {', '.join(missing)}); build one with `enrich index`")
         manifest = read_manifest(folder)
+        try:
+            check_files(folder, manifest["files"], "`enrich index`", verify)
+        except DamagedFile as e:
+            raise IndexMismatch(f"{e}; rebuild the index") from None
         if encoder is not None:
             check_encoder(manifest, encoder.identity(), folder)
-        reference = pl.read_parquet(folder / REFERENCE)
-        embeddings = np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
-        config = IndexConfig(**manifest["config"]["index"])
-        deleted = int(reference["deleted"].sum())
-        neighbors = NeighborIndex.load(str(folder / GRAPH), embeddings.shape[1], reference.height, config, deleted)
-        lexical_matrix = sp.load_npz(folder / LEXICAL_MATRIX).tocsr()
-        category_model = CategoryModel.load(folder) if manifest["category_model"] else None
-        return cls(folder, manifest, reference, embeddings, neighbors, Lexical.load(folder), lexical_matrix,
-                   ExposurePrior.load(folder), category_model)
+        try:
+            config = IndexConfig(**manifest["config"]["index"])
+            reference = pl.read_parquet(folder / REFERENCE)
+            missing = [c for c in ("id", "title", "brand", "category", "engagement", "text_hash", "deleted") if c not in reference.columns]
+            if missing:
+                raise IndexMismatch(f"{folder / REFERENCE}: no column {', '.join(missing)}; the index is damaged: rebuild it")
+            embeddings = np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+            neighbors = NeighborIndex.load(str(folder / GRAPH), embeddings.shape[1], reference.height, config,
+                                           int(reference["deleted"].sum()))
+            return cls(folder, manifest, reference, embeddings, neighbors, Lexical.load(folder),
+                       sp.load_npz(folder / LEXICAL_MATRIX).tocsr(), ExposurePrior.load(folder),
+                       CategoryModel.load(folder) if manifest["category_model"] else None)
+        except (TypeError, KeyError, ValueError, OSError, json.JSONDecodeError, pl.exceptions.PolarsError) as e:
+            if isinstance(e, IndexMismatch):
+                raise
+            raise IndexMismatch(f"{folder}: cannot be read as an enrich index ({type(e).__name__}: {e}); rebuild it") from None
 
 
 def check_encoder(manifest: dict, here: dict, folder: Path) -> None:
@@ -94,9 +114,24 @@ def check_encoder(manifest: dict, here: dict, folder: Path) -> None:
 
 
 def encoder_for(folder: str | Path) -> Encoder:
-    """The encoder an index was built with, by its recorded settings."""
-    manifest = read_manifest(Path(folder))
-    return Encoder(EncoderConfig(**manifest["config"]["encoder"]))
+    """The encoder an index was built with, by its recorded settings. Its weights must be a folder on this machine
+    whose fingerprint is the recorded one, checked before anything is loaded: a manifest naming a hub model or
+    another folder sends no request anywhere and loads nothing."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    try:
+        config = EncoderConfig(**manifest["config"]["encoder"])
+        recorded = manifest["encoder"]["fingerprint"]
+    except (TypeError, KeyError) as e:
+        raise IndexMismatch(f"{folder / MANIFEST}: the encoder's settings cannot be read ({e}); rebuild the index") from None
+    try:
+        weights = local_model_folder(config.model_path or packaged_model_path())
+    except ValueError as e:
+        raise IndexMismatch(f"{folder / MANIFEST} names an encoder that is not on this machine: {e}") from None
+    if model_fingerprint(str(weights)) != recorded:
+        raise IndexMismatch(f"{folder / MANIFEST}: the encoder at {weights} is not the one the index was built with"
+                            f" (fingerprint {model_fingerprint(str(weights))}, recorded {recorded}); rebuild the index")
+    return Encoder(config)
 
 
 def recorded_tagger(index: ReferenceIndex) -> Path | None:

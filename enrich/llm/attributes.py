@@ -80,6 +80,11 @@ _SCALE_RATIO = re.compile(r"(?<![\d.])1\s*[:/]\s*(\d{1,3})(?![\d.])")
 _GAUGE = re.compile(r"(?<![\w-])(OO|HO|TT|N|O|G)\s*(gauge|scale)\b", re.I)
 
 
+# A JSON-like object inside a description ({"dimensions": "1 inch"}) is data someone pasted or planted, not what the
+# listing says of itself: its values are never read as attributes.
+_EMBEDDED_DATA = re.compile(r"\{[^{}]*[\"'][^{}]*[\"']\s*:[^{}]*\}")
+
+
 def _unit(raw: str) -> str:
     raw = raw.lower()
     if raw.startswith(("inch", "in", '"')):
@@ -228,6 +233,7 @@ def extract(title: str, brand: str | None, text: str, chooser, template, config:
             cache: AnswerCache | None = None) -> Extraction:
     """One listing's attributes; without a chooser (or with config.ask_model off), the first span of each field."""
     ask_model = config.ask_model and chooser is not None
+    text = _EMBEDDED_DATA.sub(" ", text)
     whole = f"{title}. {text}" if text else title
     brand_value = (brand or "").strip()
     result = Extraction(attributes={"brand": brand_value if brand_value.lower() not in PLACEHOLDER_BRANDS else None})

@@ -92,10 +92,8 @@ def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = F
         categories = ok["category"].to_list() if "category" in ok.columns else [None] * ok.height
     if len(categories) != ok.height:
         raise ValueError(f"{len(categories)} categories for {ok.height} listings to describe")
-    weight = describer.config.taxonomy.category_weight
-    if weight and any(categories):
-        vectors = with_category(vectors, category_vectors(categories, describer.encoder), weight)
-    rows, sims = describer.taxonomy_index.candidates(vectors, describer.config.taxonomy.candidates)
+    query = taxonomy_query(ok, vectors, categories, describer)
+    rows, sims = describer.taxonomy_index.candidates(query, describer.config.taxonomy.candidates)
     config = describer.config
 
     def describe_one(i: int, listing: dict) -> dict:
@@ -130,6 +128,18 @@ def describe_frame(frame: pl.DataFrame, describer: Describer, progress: bool = F
         records = [describe_one(i, listing) for i, listing in enumerate(tqdm(listings, **bar))]
     described = pl.DataFrame(records, schema={k: v for k, v in DESCRIBE_SCHEMA.items() if k != "id"})
     return put_back(frame, ok_mask, described, ["id"]).select(list(DESCRIBE_SCHEMA)).cast(DESCRIBE_SCHEMA)
+
+
+def taxonomy_query(ok: pl.DataFrame, vectors: np.ndarray, categories: list[str | None], describer: Describer) -> np.ndarray:
+    """The listing as the taxonomy search reads it: what its title and brand say first, its whole text (which a
+    seller can fill with anything, "the correct category is Weapons > Firearms") at `text_weight`, then its
+    category path at `category_weight`."""
+    taxonomy = describer.config.taxonomy
+    titles = describer.encoder.encode(listing_texts(ok.with_columns(text=pl.lit(None, pl.String))))
+    query = with_category(titles, vectors, taxonomy.text_weight)
+    if taxonomy.category_weight and any(categories):
+        query = with_category(query, category_vectors(categories, describer.encoder), taxonomy.category_weight)
+    return query
 
 
 def partial_status() -> pl.Expr:

@@ -54,35 +54,36 @@ def enrich(new_path: str | Path, out_path: str | Path, index_dir: str | Path | N
                            describer.manifest() if describer else None)
         if parts.exists() and _read_json(parts / "run.json").get("key") != run_key:
             shutil.rmtree(parts)  # left by a run with other arguments: nothing in it can be reused
-        parts.mkdir(parents=True, exist_ok=True)
-        write_json(parts / "run.json", {"key": run_key})
-        if index_dir is None:
-            # The one-shot index is built once into the parts folder, so a resumed run reuses it.
-            index_dir = parts / "index"
-            encoder = encoder or Encoder(config.encoder)
-            if not (index_dir / MANIFEST).exists():
-                build_index(reference_path, index_dir, reference_columns or columns, config, progress, encoder=encoder,
-                            engine=engine)
-            index_source = {"reference": str(reference_path)}
-        else:
+        try:
+            parts.mkdir(parents=True, exist_ok=True)
+            write_json(parts / "run.json", {"key": run_key})
+            if index_dir is None:
+                # The one-shot index is built once into the parts folder, so a resumed run reuses it.
+                index_dir, encoder = parts / "index", encoder or Encoder(config.encoder)
+                if not (index_dir / MANIFEST).exists():
+                    build_index(reference_path, index_dir, reference_columns or columns, config, progress, encoder=encoder,
+                                engine=engine)
             encoder = encoder or encoder_for(index_dir)
-        index = ReferenceIndex.load(index_dir, encoder)
-        if reference_path is None:
-            config = query_config(index, config)
-            tagger_dir = tagger_dir or recorded_tagger(index)
-            index_source = {"index": str(index_dir), "index_built_at": index.manifest["built_at"]}
-        tagger = Tagger.load(tagger_dir) if tagger_dir else None
-        output = _enrich_parts(frame, parts, part_rows, index, index_dir, encoder, config, tagger, tagger_dir, describer,
-                               engine, progress)
-        summary = Summary.of(frame, started)
-        summary.partial = int(output["status"].str.starts_with("partial").sum())
-        write_table(output, out_path)
-        write_json(Path(str(out_path) + ".manifest.json"), {
-            "written_at": now(), "input": str(new_path), **index_source, "columns": asdict(columns), "config": asdict(config),
-            "part_rows": part_rows, "encoder": encoder.identity(),
-            "tagger": {"path": str(tagger_dir), **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
-            "packages": package_versions(), "describe": describer.manifest() if describer else None,
-            "engine": asdict(engine), "summary": asdict(summary)})
+            index = ReferenceIndex.load(index_dir, encoder)
+            if reference_path is None:
+                config, tagger_dir = query_config(index, config), tagger_dir or recorded_tagger(index)
+            tagger = Tagger.load(tagger_dir) if tagger_dir else None
+            output = _enrich_parts(frame, parts, part_rows, index, index_dir, encoder, config, tagger, tagger_dir, describer,
+                                   engine, progress)
+            summary = Summary.of(frame, started)
+            summary.partial = int(output["status"].str.starts_with("partial").sum())
+            write_table(output, out_path)
+            index_source = ({"reference": str(reference_path)} if reference_path is not None else
+                            {"index": str(index_dir), "index_built_at": index.manifest["built_at"]})
+            write_json(Path(str(out_path) + ".manifest.json"), {
+                "written_at": now(), "input": str(new_path), **index_source, "columns": asdict(columns),
+                "config": asdict(config), "part_rows": part_rows, "encoder": encoder.identity(),
+                "tagger": {"path": str(tagger_dir), **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
+                "packages": package_versions(), "describe": describer.manifest() if describer else None,
+                "engine": asdict(engine), "summary": asdict(summary)})
+        except Exception:  # an error would recur with the same arguments; after a kill or Ctrl-C the parts resume
+            shutil.rmtree(parts, ignore_errors=True)
+            raise
         shutil.rmtree(parts, ignore_errors=True)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -40,6 +40,29 @@ OUTPUT_SCHEMA = {
 DESCRIBED = ("attributes", "taxonomy_id", "taxonomy_path", "taxonomy_score")
 
 
+class OutOfRange(ValueError):
+    """An output value outside its range: a damaged index or a bug, never a result to write."""
+
+
+def check_ranges(enriched: pl.DataFrame, index: ReferenceIndex) -> None:
+    """Refuse to write values that cannot be: a cosine beyond 1, a score beyond 0..1, a prior that is not a finite
+    count or an interval upside down. Only a damaged index (or a bug) gives them."""
+    cosines = enriched["neighbor_scores"].explode().drop_nulls()
+    shares = pl.concat([enriched["category_score"], enriched["tag_scores"].explode()]).drop_nulls()
+    prior = enriched.select("exposure_prior", "exposure_prior_low", "exposure_prior_high", "prior_evidence")
+    checks = {
+        "a neighbour's cosine outside -1..1": bool((cosines.abs() > 1.0001).any() or cosines.is_nan().any()),
+        "a category or tag score outside 0..1": bool(((shares < 0) | (shares > 1.0001)).any() or shares.is_nan().any()),
+        "a prior that is not a finite number >= 0": bool(prior.select(
+            pl.any_horizontal((pl.all() < 0) | ~pl.all().is_finite())).to_series().any()),
+        "an interval whose low end is above its high end": bool((prior["exposure_prior_low"] > prior["exposure_prior_high"]).any()),
+    }
+    wrong = [what for what, found in checks.items() if found]
+    if wrong:
+        raise OutOfRange(f"{index.folder}: enriching gave {' and '.join(wrong)}: the index is damaged (or enrich has a bug);"
+                         " nothing was written. Check it with `enrich index --verify`, or rebuild it")
+
+
 def as_output(frame: pl.DataFrame) -> pl.DataFrame:
     """`frame` with the output contract's columns, in order and types; the LLM stage's are null where missing."""
     return frame.with_columns(pl.lit(None).alias(c) for c in OUTPUT_SCHEMA if c not in frame.columns
@@ -148,6 +171,7 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
         "exposure_prior_high": estimate.high,
         "prior_evidence": estimate.evidence,
     }, schema={k: v for k, v in OUTPUT_SCHEMA.items() if k not in ("id", "status", "notes", *DESCRIBED)})
+    check_ranges(enriched, index)
     return as_output(put_back(frame, ok_mask, enriched, ["id", "status", "notes"]))
 
 
