@@ -70,7 +70,8 @@ def retrieval_weight_check(frame: pl.DataFrame, categories: dict[str, list[str |
     name_weights = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
     default = TaxonomyConfig()
     paths = taxonomy_index.taxonomy.paths
-    vectors = encoder.encode(listing_texts(frame))
+    titles = encoder.encode(listing_texts(frame.with_columns(text=pl.lit(None, pl.String))))
+    vectors = with_category(titles, encoder.encode(listing_texts(frame)), default.text_weight)  # as describe_frame
     rng = np.random.default_rng(seed)
     splits = [np.array_split(rng.permutation(len(accepted)), 2) for _ in range(halvings)]
     indexes = {w: taxonomy_index.with_name_weight(w) for w in name_weights}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import replace
 
@@ -295,18 +296,22 @@ def _explain(args: argparse.Namespace, columns: Columns, progress: bool) -> list
 COMMANDS = {"index": _index, "run": _run, "finetune": _finetune, "eval": _eval, "attributes": _attributes, "explain": _explain}
 
 
+def _error(message: str) -> int:
+    """One line on stderr, whatever the message quotes from a file (line breaks and control characters escaped)."""
+    one_line = re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", lambda m: repr(m.group())[1:-1], message)
+    print(f"enrich: error: {one_line}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet_hugging_face()
     try:
         lines = COMMANDS[args.command](args, _columns(args), not getattr(args, "quiet", True))
     except (CatalogError, OutputError, ValueError) as e:
-        print(f"enrich: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     except OSError as e:  # a folder made read-only, a disk full: the file and the reason, not a traceback
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"enrich: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        return _error(f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror or e))
     if lines:
         print("\n".join(lines), file=sys.stderr)
     return 0
