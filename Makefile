@@ -8,7 +8,7 @@ CATALOG ?= ../shared/data/amazon_uk_toys/catalog.csv
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo describe finetune test test-all wheel-check eval bench bench-llm bench-tags scale
+.PHONY: help setup demo describe finetune serve test test-all wheel-check screenshot eval bench bench-llm bench-tags bench-serve scale
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ describe: ## the LLM stage on the bundled sample: grounded attributes and a Shop
 	@$(BIN)/python -c "import polars as pl; pl.Config(tbl_rows=5, fmt_str_lengths=90, tbl_width_chars=180); \
 	print(pl.read_parquet('$(OUT)/describe.parquet').select('attributes', 'taxonomy_path').head(5))"
 
+serve: ## the review workbench and the API on the demo's index (make demo first): open the address it prints
+	$(BIN)/enrich serve --index $(OUT)/sample-index --db $(OUT)/review.sqlite --columns $(SAMPLE)/columns.toml $(ARGS)
+
 finetune: ## fine-tune the tag classifier: make finetune [CATALOG=file.csv] [ARGS="--epochs 3 --columns map.toml"]
 	$(BIN)/enrich finetune $(CATALOG) --out $(OUT)/tagger $(if $(findstring --columns,$(ARGS)),,--columns $(SAMPLE)/columns.toml) $(ARGS)
 
@@ -46,6 +49,9 @@ test: ## the test suite (the default run: no GPU, no network, about 3 minutes on
 
 test-all: ## every test, the slow ones too (what CI runs besides `make test`)
 	$(BIN)/python -m pytest -q -m ""
+
+screenshot: ## the review page as the browser test sees it, into docs/workbench.png (needs Chromium)
+	ENRICH_SCREENSHOT=$(CURDIR)/docs/workbench.png $(BIN)/python -m pytest -q tests/test_serve.py -k real_browser
 
 wheel-check: ## build the wheel, install it into a fresh venv, describe the sample with it (CI runs it)
 	PATH="$(CURDIR)/$(BIN):$$PATH" .ci/wheel-check
@@ -61,6 +67,9 @@ bench-llm: ## the LLM stage against the hand-labelled listings in tests/data (ou
 
 bench-tags: ## a catalog's own tags (age band, batteries, assembly from with_descriptions.csv), tagger vs TF-IDF (out/bench-tags.md)
 	$(BIN)/python -m benchmarks.tags --out $(OUT) $(ARGS)
+
+bench-serve: ## enrich serve over HTTP: latency at concurrency 1, listings/s at 8 and 32, the queue of 10,000 (out/bench-serve.md)
+	$(BIN)/python -m benchmarks.serve --out $(OUT) $(ARGS)
 
 scale: ## time and peak memory of index, update and run at 100k synthetic listings; ARGS="--sizes 1000000 --index-only" for 1M
 	$(BIN)/python -m benchmarks.scale --catalog $(CATALOG) --out $(OUT) $(if $(ARGS),$(ARGS),--sizes 100000 --new 10000 --added 1000)

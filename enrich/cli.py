@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import replace
@@ -40,6 +41,8 @@ def _column_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _columns(args: argparse.Namespace) -> Columns:
+    if not hasattr(args, "id_col"):  # a command that reads no catalog
+        return Columns()
     columns = Columns.from_file(args.columns) if args.columns else Columns()
     return columns.updated(
         source="flags", id=args.id_col, title=args.title_col, brand=args.brand_col,
@@ -168,6 +171,28 @@ def _parser() -> argparse.ArgumentParser:
 
     add_config_flags(finetune)
 
+    serve = commands.add_parser("serve", help="the review workbench in the browser and the enrichment API")
+    serve.add_argument("--index", required=True, help="index folder from `enrich index`")
+    serve.add_argument("--model", help="a fine-tuned tagger folder; default: the index's")
+    serve.add_argument("--db", default="enrich-review.sqlite", help="the review store, batches and decisions (SQLite)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; beyond it, --token is required)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token", default=os.environ.get("ENRICH_TOKEN", ""),
+                       help="the token every page and API call needs (default ENRICH_TOKEN, else a random one, printed)")
+    _column_flags(serve)
+
+    review = commands.add_parser("review", help="review batches and decisions: import a run's output, export decisions")
+    actions = review.add_subparsers(dest="review_command", required=True)
+    into = actions.add_parser("import", help="the output of `enrich run`, with its input, as a batch to review")
+    into.add_argument("output", help="the Parquet output of `enrich run`")
+    into.add_argument("--input", required=True, help="the new listings it was made from")
+    into.add_argument("--db", default="enrich-review.sqlite", help="the review store (SQLite)")
+    into.add_argument("--name", help="the batch's name (default: the input's file name)")
+    _column_flags(into)
+    export = actions.add_parser("export", help="every decision, for the learning loop and other systems")
+    export.add_argument("--db", required=True, help="the review store (SQLite)")
+    export.add_argument("--out", required=True, help="decisions.csv or decisions.parquet")
+
     explain = commands.add_parser("explain", help="why one listing got its category, neighbours and prior")
     explain.add_argument("id", help="the listing's id")
     explain.add_argument("--input", required=True, help="the new listings file that holds it")
@@ -293,7 +318,43 @@ def _explain(args: argparse.Namespace, columns: Columns, progress: bool) -> list
     return []
 
 
-COMMANDS = {"index": _index, "run": _run, "finetune": _finetune, "eval": _eval, "attributes": _attributes, "explain": _explain}
+def _serve(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from enrich.serve.app import serve
+    from enrich.serve.workbench import ServeConfig
+
+    serve(ServeConfig(index=args.index, db=args.db, model=args.model, columns=columns, host=args.host, port=args.port,
+                      token=args.token))
+    return []
+
+
+def _review(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from pathlib import Path
+
+    import polars as pl
+
+    from enrich.catalog import load_catalog
+    from enrich.files import check_output_path, write_table
+    from enrich.serve.store import Store
+    from enrich.serve.workbench import import_output
+
+    if args.review_command == "export":
+        if not Path(args.db).exists():
+            raise CatalogError(f"{args.db}: no review store there")
+        decisions = Store(args.db).decisions()
+        write_table(decisions, check_output_path(args.out, inputs=(args.db,)))
+        return [f"{decisions.height} decisions written to {args.out}"]
+    output = Path(args.output)
+    if not output.exists() or output.suffix.lower() != ".parquet":
+        raise CatalogError(f"{output}: give the Parquet output of `enrich run` (a CSV one has lost its types)")
+    enriched = pl.read_parquet(output)
+    listings = load_catalog(args.input, columns)
+    batch = import_output(Store(args.db), args.name or Path(args.input).name, listings, enriched,
+                          f"enrich run: {output.name}")
+    return [f"{listings.height} listings imported as batch {batch} into {args.db}"]
+
+
+COMMANDS = {"index": _index, "run": _run, "finetune": _finetune, "eval": _eval, "attributes": _attributes, "explain": _explain,
+            "serve": _serve, "review": _review}
 
 
 def _error(message: str) -> int:

@@ -15,7 +15,7 @@ import polars as pl
 from selectolax.lexbor import LexborHTMLParser
 
 from enrich.catalog.columns import STANDARD_COLUMNS, CatalogError, CleaningConfig, Columns
-from enrich.catalog.read import read_raw
+from enrich.catalog.read import as_text, read_raw
 
 TAG_SEPARATORS = r"\s*[;|]\s*"  # "metal; ages 3+" or "metal|ages 3+"; a list column arrives joined with "; "
 _HTML_HINT = re.compile(r"<[A-Za-z/!]|&(#\d+|#x[0-9A-Fa-f]+|[A-Za-z]+);")
@@ -125,6 +125,21 @@ def load_catalog(
     """
     path = Path(path)
     raw, bad_bytes, problems = read_raw(path, columns.encoding, columns.delimiter)
+    return standard_frame(raw, path, columns, cleaning, reference, bad_bytes, problems)
+
+
+def frame_from_records(records: list[dict], columns: Columns = Columns(), cleaning: CleaningConfig = CleaningConfig(),
+                       source: str = "request") -> pl.DataFrame:
+    """The standard frame of listings given as JSON objects (an API request), read as a JSON Lines file would be."""
+    names = list(dict.fromkeys(name for record in records for name in record))
+    raw = pl.DataFrame({name: [as_text(record.get(name)) for record in records] for name in names},
+                       schema={name: pl.String for name in names})
+    return standard_frame(raw, Path(source), columns, cleaning, reference=False)
+
+
+def standard_frame(raw: pl.DataFrame, path: Path, columns: Columns, cleaning: CleaningConfig, reference: bool,
+                   bad_bytes: str | None = None, problems: list[str | None] | None = None) -> pl.DataFrame:
+    """`load_catalog` past reading: raw string columns to the standard frame, cleaned, each row's status set."""
     if raw.width == 0:  # an empty JSON Lines file has no header to name its columns: zero rows of every role
         named = [columns.id, columns.title, columns.brand, *columns.text, *_category_columns(columns), columns.tags, columns.engagement]
         raw = pl.DataFrame(schema={name: pl.String for name in dict.fromkeys(n for n in named if n)})

@@ -121,11 +121,11 @@ def _read_json_lines(data: bytes, path: Path) -> pl.DataFrame:
             raise CatalogError(f"{path}: cannot be read as jsonl: {problem}") from None
     records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
     names = list(dict.fromkeys(name for record in records for name in record))
-    return pl.DataFrame({name: [_as_text(record.get(name)) for record in records] for name in names},
+    return pl.DataFrame({name: [as_text(record.get(name)) for record in records] for name in names},
                         schema={name: pl.String for name in names})
 
 
-def _as_text(value) -> str | None:
+def as_text(value) -> str | None:
     """A JSON value as a field's text: a list of plain values joined with "; ", anything nested as JSON."""
     if value is None or isinstance(value, str):
         return value

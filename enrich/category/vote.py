@@ -86,9 +86,7 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
         if given is not None and given[i]:
             shares = {given[i]: 1.0}
         else:
-            shares = category_shares(candidate_categories[i], sims[i], config.temperature)
-            if classifiers:
-                shares = _fuse(shares, classifiers, i, config)
+            shares = mixed_shares(candidate_categories[i], sims[i], config, classifiers, i)
         share_of = np.array([shares.get(path, 0.0) if path else 0.0 for path in candidate_categories[i]])
         result.order[i] = np.argsort(-(sims[i] + config.rerank_weight * share_of), kind="stable")[:top_k]
         if not shares:
@@ -107,6 +105,14 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
         result.tags.append(path_levels(best)[:keep])
         result.tag_scores.append([float(min(s, 1.0)) for s in scores[:keep]])
     return result
+
+
+def mixed_shares(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig,
+                 classifiers: list[ClassifierScores], row: int) -> dict[str, float]:
+    """One listing's category distribution: its neighbours' vote (`candidate_categories`, `sims`: its own row),
+    mixed with row `row` of the classifiers' probabilities."""
+    shares = category_shares(candidate_categories, sims, config.temperature)
+    return _fuse(shares, classifiers, row, config) if classifiers else shares
 
 
 def level_scores(shares: dict[str, float], path: str) -> list[float]:

@@ -14,7 +14,7 @@ import polars as pl
 
 from enrich.catalog import CatalogError, Columns, load_catalog
 from enrich.category.tagger import Tagger
-from enrich.category.vote import category_shares, vote
+from enrich.category.vote import category_shares, mixed_shares, vote
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder
 from enrich.index.store import ReferenceIndex, encoder_for, query_config, recorded_tagger
@@ -30,6 +30,7 @@ class Explanation:
 
     listing: dict  # the standard frame's row
     output: dict  # the output contract's row, as `enrich run` writes it
+    alternatives: list[tuple[str, float]] = field(default_factory=list)  # the mix's most probable paths, with shares
     sources: list[dict] = field(default_factory=list)  # {source, name, weight, paths: [(path, share)]}
     tag_probabilities: list[tuple[str, float]] = field(default_factory=list)  # the tagger's, where it learned tags
     tag_threshold: float | None = None
@@ -48,7 +49,8 @@ def explain_listing(row: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, 
     classifiers = classifier_scores(found, index, tagger, tagger_logits=tagger_logits)
     output = enrich_frame(row, index, encoder, config, tagger=tagger, found=found, tagger_logits=tagger_logits).row(0, named=True)
     shares = category_shares(index.categories[positions], sims, config.vote.temperature)
-    explained = Explanation(listing, output)
+    mix = mixed_shares(index.categories[positions], sims, config.vote, classifiers, 0)
+    explained = Explanation(listing, output, sorted(mix.items(), key=lambda item: -item[1])[:alternatives])
     explained.sources.append({"source": "neighbors", "name": SOURCE_NAMES["neighbors"], "weight": config.vote.neighbor_weight,
                               "paths": list(shares.items())[:alternatives]})
     for classifier in classifiers:
