@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from dataclasses import replace
 
 from enrich.catalog import CatalogError, Columns
 from enrich.files import OutputError
+from enrich.flags import parser
 from enrich.llm.taxonomy import TaxonomyConfig
 
 
@@ -26,20 +26,6 @@ def quiet_hugging_face() -> None:
         sys.modules["datasets"].disable_progress_bars()
 
 
-def _column_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("columns (a --columns TOML file, then these flags)")
-    group.add_argument("--columns", metavar="FILE", help="TOML mapping of roles to column names")
-    group.add_argument("--id-col", help="listing id column (default: id)")
-    group.add_argument("--title-col", help="title column (default: title)")
-    group.add_argument("--brand-col", help="brand / manufacturer column (default: brand)")
-    group.add_argument("--text-cols", help="comma-separated extra text columns (default: description)")
-    group.add_argument("--category-col", help="category path column 'A > B > C', or its level columns: a,b,c (default: category)")
-    group.add_argument("--tags-col", help="the listing's own tags, 'metal; ages 3+' or a list; `enrich finetune` learns them (default: tags)")
-    group.add_argument("--engagement-col", help="engagement column: orders, reviews, clicks (default: engagement)")
-    group.add_argument("--encoding", help="of a CSV or JSON Lines file, e.g. cp1252 or latin-1 (default: utf-8)")
-    group.add_argument("--delimiter", help="of a CSV: ';', tab, '|' (default: a comma; a tab for .tsv)")
-
-
 def _columns(args: argparse.Namespace) -> Columns:
     if not hasattr(args, "id_col"):  # a command that reads no catalog
         return Columns()
@@ -52,46 +38,10 @@ def _columns(args: argparse.Namespace) -> Columns:
     )
 
 
-def _engine_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("engine")
-    group.add_argument("--engine", choices=["local", "ray"], default="local",
-                       help="local: this process (default); ray: embedding and enrichment on Ray Data actors")
-    group.add_argument("--ray-address", default="", help="a Ray cluster ('auto', 'ray://head:10001'); default RAY_ADDRESS, "
-                       "else a local Ray instance")
-    group.add_argument("--workers", type=int, default=0, help="Ray actors (default: one per GPU, else one per core)")
-
-
 def _engine(args: argparse.Namespace):
     from enrich.engine import EngineConfig
 
     return EngineConfig(name=args.engine, address=args.ray_address, workers=args.workers)
-
-
-def _llm_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("LLM stage (flags, then ENRICH_LLM_BACKEND / _MODEL / _BASE_URL)")
-    group.add_argument("--llm-backend", choices=["local", "openai"],
-                       help="local: in-process, offline (default); openai: an OpenAI-compatible chat server")
-    group.add_argument("--llm-model", help="local: smollm2-135m (default), gemma3-270m, a .gguf file or a model folder; "
-                       "openai: the served model's name")
-    group.add_argument("--llm-base-url", help="openai backend: the server, e.g. http://localhost:8000/v1")
-    group.add_argument("--llm-concurrency", type=int, metavar="N",
-                       help="openai backend: listings asked about at once (default 8; 1 asks in turn)")
-    group.add_argument("--attributes-by", choices=["model", "rules"], default="model",
-                       help="model: the LLM picks among the spans found (default); rules: the first span found")
-    group.add_argument("--taxonomy-by", choices=["model", "nearest"], default="nearest",
-                       help="nearest: the closest category by embedding (default, measured better with the 135M model); "
-                       "model: the LLM picks among the retrieved candidates")
-    group.add_argument("--taxonomy", help="a Shopify product-taxonomy release folder (default: the one shipped)")
-    group.add_argument("--taxonomy-category-weight", type=float, default=TaxonomyConfig.category_weight, metavar="W",
-                       help="weight of the listing's category path (given, or predicted by `run`) beside its text "
-                       "when retrieving taxonomy candidates; 0: the text alone (default %(default)s)")
-    group.add_argument("--taxonomy-name-weight", type=float, default=TaxonomyConfig.name_weight, metavar="W",
-                       help="weight of a taxonomy category's own name beside its full path in its vector; "
-                       "0: the path alone (default %(default)s)")
-    group.add_argument("--taxonomy-bridge", choices=["predicted", "given"], default=TaxonomyConfig.bridge,
-                       help="`run` only: for a listing that comes with a category, the taxonomy query reads the category "
-                       "enrich predicts (default) or the given one")
-    group.add_argument("--no-cache", action="store_true", help="do not read or write the LLM answer cache")
 
 
 def _describer(args: argparse.Namespace, encoder):
@@ -108,98 +58,6 @@ def _describer(args: argparse.Namespace, encoder):
         taxonomy_source=args.taxonomy or "",
         use_cache=not args.no_cache)
     return Describer(config, encoder)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="enrich", description="Tags, similar popular listings and exposure priors for new listings.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    quiet = argparse.ArgumentParser(add_help=False)  # shared by every command that shows progress
-    quiet.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    index = commands.add_parser("index", parents=[quiet], help="embed a reference catalog and build its hnswlib index")
-    index.add_argument("reference", nargs="?", help="reference catalog with engagement (.csv, .parquet, .jsonl)")
-    index.add_argument("--out", required=True, help="index folder to write (a new version, switched to atomically)")
-    index.add_argument("--model", help="a fine-tuned tagger folder (`enrich finetune`); `enrich run` uses it by default")
-    change = index.add_argument_group("changing an existing index")
-    change.add_argument("--update", action="store_true",
-                        help="add the file's new listings and replace its changed ones without a rebuild; deletes nothing")
-    change.add_argument("--delete-missing", action="store_true",
-                        help="with --update: the file is the whole current catalog; delete the listings it lacks")
-    change.add_argument("--max-delete", type=float, default=0.1, metavar="SHARE",
-                        help="with --delete-missing: refuse to delete more than this share of the index (default 0.1)")
-    change.add_argument("--versions", action="store_true", help="list the index's kept versions and exit")
-    change.add_argument("--rollback", action="store_true", help="point the index back at its previous version and exit")
-    change.add_argument("--verify", action="store_true", help="check every file of the index against its checksum and exit")
-    _column_flags(index)
-    _engine_flags(index)
-
-    run = commands.add_parser("run", parents=[quiet], help="enrich new listings")
-    run.add_argument("new", help="new listings (.csv, .parquet, .jsonl)")
-    source = run.add_mutually_exclusive_group(required=True)
-    source.add_argument("--index", help="index folder from `enrich index`")
-    source.add_argument("--reference", help="reference catalog: build a temporary index first")
-    run.add_argument("--out", required=True, help="output table: Parquet, or CSV when the name ends in .csv")
-    run.add_argument("--neighbors", type=int, help="neighbours written per listing (default 10)")
-    run.add_argument("--model", help="a fine-tuned tagger folder; default: the index's, else the neighbours' vote alone")
-    run.add_argument("--part-rows", type=int, default=10_000,
-                     help="rows per saved part (default 10000): a killed run resumes from its finished parts")
-    run.add_argument("--describe", action="store_true",
-                     help="also run the LLM stage: grounded attributes and a Shopify taxonomy node per listing")
-    _column_flags(run)
-    _llm_flags(run)
-    _engine_flags(run)
-
-    attributes = commands.add_parser("attributes", parents=[quiet], help="the LLM stage alone: grounded attributes and a Shopify taxonomy node")
-    attributes.add_argument("listings", help="listings (.csv, .parquet, .jsonl)")
-    attributes.add_argument("--out", required=True, help="output table: Parquet, or CSV when the name ends in .csv")
-    _column_flags(attributes)
-    _llm_flags(attributes)
-
-    evaluate = commands.add_parser("eval", parents=[quiet], help="hold listings out of a catalog, enrich them, score them beside baselines")
-    evaluate.add_argument("catalog", help="catalog with known categories and engagement")
-    evaluate.add_argument("--out", default="out/eval", help="folder for eval.md, eval.json and the plots (default out/eval)")
-    evaluate.add_argument("--holdout", type=float, default=0.2, help="share held out as new listings (default 0.2)")
-    evaluate.add_argument("--seed", type=int, default=0, help="random split seed (default 0)")
-    evaluate.add_argument("--date-col", help="a date column: hold out the latest listings instead (time split)")
-    _column_flags(evaluate)
-
-    finetune = commands.add_parser("finetune", parents=[quiet], help="fine-tune the BERT tagger on a catalog with category paths")
-    finetune.add_argument("catalog", help="catalog with a category path per listing")
-    finetune.add_argument("--out", required=True, help="model folder (safetensors, labels, config, metrics); resumes if it holds a checkpoint")
-    _column_flags(finetune)
-    from enrich.category.finetune import add_config_flags
-
-    add_config_flags(finetune)
-
-    serve = commands.add_parser("serve", help="the review workbench in the browser and the enrichment API")
-    serve.add_argument("--index", required=True, help="index folder from `enrich index`")
-    serve.add_argument("--model", help="a fine-tuned tagger folder; default: the index's")
-    serve.add_argument("--db", default="enrich-review.sqlite", help="the review store, batches and decisions (SQLite)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; beyond it, --token is required)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--token", default=os.environ.get("ENRICH_TOKEN", ""),
-                       help="the token every page and API call needs (default ENRICH_TOKEN, else a random one, printed)")
-    _column_flags(serve)
-
-    review = commands.add_parser("review", help="review batches and decisions: import a run's output, export decisions")
-    actions = review.add_subparsers(dest="review_command", required=True)
-    into = actions.add_parser("import", help="the output of `enrich run`, with its input, as a batch to review")
-    into.add_argument("output", help="the Parquet output of `enrich run`")
-    into.add_argument("--input", required=True, help="the new listings it was made from")
-    into.add_argument("--db", default="enrich-review.sqlite", help="the review store (SQLite)")
-    into.add_argument("--name", help="the batch's name (default: the input's file name)")
-    _column_flags(into)
-    export = actions.add_parser("export", help="every decision, for the learning loop and other systems")
-    export.add_argument("--db", required=True, help="the review store (SQLite)")
-    export.add_argument("--out", required=True, help="decisions.csv or decisions.parquet")
-
-    explain = commands.add_parser("explain", help="why one listing got its category, neighbours and prior")
-    explain.add_argument("id", help="the listing's id")
-    explain.add_argument("--input", required=True, help="the new listings file that holds it")
-    explain.add_argument("--index", required=True, help="index folder from `enrich index`")
-    explain.add_argument("--model", help="a fine-tuned tagger folder, as for `enrich run`; default: the index's")
-    _column_flags(explain)
-    return parser
 
 
 def _index_versions(args: argparse.Namespace) -> list[str]:
@@ -298,6 +156,22 @@ def _eval(args: argparse.Namespace, columns: Columns, progress: bool) -> list[st
     return [f"report written to {', '.join(str(p) for p in write_report(evaluation, args.out))}"]
 
 
+def _simulate(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from pathlib import Path
+
+    from enrich.evaluation.evaluate import EvalConfig, evaluate
+    from enrich.evaluation.simulate import SimulationConfig, markdown, simulate
+    from enrich.files import write_json, write_text
+
+    evaluation = evaluate(args.catalog, columns, EvalConfig(seed=args.seed), progress=progress)
+    held = evaluation.held_out
+    result = simulate(held["true_engagement"].to_numpy(), evaluation.priors, held["prior_evidence"].to_numpy(),
+                      SimulationConfig(strength=args.strength))
+    print(markdown(result))
+    out = Path(args.out)
+    return [f"written to {write_text(out / 'simulate.md', markdown(result) + chr(10))}, {write_json(out / 'simulate.json', result)}"]
+
+
 def _attributes(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
     from enrich.catalog import CleaningConfig, load_catalog
     from enrich.embed import Encoder
@@ -354,7 +228,7 @@ def _review(args: argparse.Namespace, columns: Columns, progress: bool) -> list[
 
 
 COMMANDS = {"index": _index, "run": _run, "finetune": _finetune, "eval": _eval, "attributes": _attributes, "explain": _explain,
-            "serve": _serve, "review": _review}
+            "serve": _serve, "review": _review, "simulate": _simulate}
 
 
 def _error(message: str) -> int:
@@ -365,7 +239,7 @@ def _error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     quiet_hugging_face()
     try:
         lines = COMMANDS[args.command](args, _columns(args), not getattr(args, "quiet", True))

@@ -8,6 +8,7 @@ from enrich.catalog import CleaningConfig
 from enrich.category.lexical_model import CategoryModelConfig
 from enrich.category.vote import VoteConfig
 from enrich.embed import EncoderConfig
+from enrich.index.calibration import AcceptanceConfig
 from enrich.index.lexical import LexicalConfig
 from enrich.index.neighbors import IndexConfig
 from enrich.prior import PriorConfig
@@ -22,6 +23,7 @@ class EnrichConfig:
     vote: VoteConfig = VoteConfig()
     prior: PriorConfig = PriorConfig()
     cleaning: CleaningConfig = CleaningConfig()
+    acceptance: AcceptanceConfig = AcceptanceConfig()
 
     def __post_init__(self):
         if not 1 <= self.vote.top_k <= self.index.candidates:

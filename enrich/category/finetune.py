@@ -176,7 +176,8 @@ def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Column
     """
     started = time.perf_counter()
     train, validation = training_data(catalog, columns, config)
-    provenance = {"source": str(catalog), "columns": asdict(columns)}
+    # The validation split's ids: an index calibrates its acceptance policy on them, which the tagger never learned from.
+    provenance = {"source": str(catalog), "columns": asdict(columns), "validation_ids": validation["id"].to_list()}
     training = Training(Path(out_dir), Targets.of(train, validation, config), train, validation, config, progress, provenance)
     first_epoch = training.state["epoch"] + 1
     for epoch in range(first_epoch, config.epochs + 1):

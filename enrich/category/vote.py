@@ -9,7 +9,7 @@ category come first, which is what a ranker wants from "similar popular listings
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class Votes:
     tags: list[list[str]]
     tag_scores: list[list[float]]
     order: np.ndarray  # (n, top_k) positions into each listing's candidate list
+    level_scores: list[list[float]] = field(default_factory=list)  # every level of the voted path, uncut
 
 
 def category_shares(categories: np.ndarray, sims: np.ndarray, temperature: float) -> dict[str, float]:
@@ -81,6 +82,7 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
     if k == 0:
         result.category, result.category_score = [None] * n, [None] * n
         result.tags, result.tag_scores = [[] for _ in range(n)], [[] for _ in range(n)]
+        result.level_scores = [[] for _ in range(n)]
         return result
     for i in range(n):
         if given is not None and given[i]:
@@ -94,6 +96,7 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
             result.category_score.append(None)
             result.tags.append([])
             result.tag_scores.append([])
+            result.level_scores.append([])
             continue
         best = max(shares, key=shares.get)
         scores = level_scores(shares, best)
@@ -104,6 +107,7 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
         result.category_score.append(float(shares[best]))
         result.tags.append(path_levels(best)[:keep])
         result.tag_scores.append([float(min(s, 1.0)) for s in scores[:keep]])
+        result.level_scores.append([float(min(s, 1.0)) for s in scores])
     return result
 
 

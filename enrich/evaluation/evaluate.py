@@ -23,8 +23,8 @@ from enrich.category.calibration import expected_calibration_error
 from enrich.category.tagger import Tagger
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder
-from enrich.evaluation.metrics import (bucket_scores, exposure_shares, rank_metrics, same_leaf_precision, sparse_top_k,
-                                       tag_metrics, weighted_knn)
+from enrich.evaluation.metrics import (acceptance_scores, bucket_scores, exposure_shares, hierarchical_scores, rank_metrics,
+                                       same_leaf_precision, sparse_top_k, tag_metrics, weighted_knn)
 from enrich.evaluation.report import Evaluation
 from enrich.index.build import build_index_from_frame
 from enrich.index.neighbors import exact_search, recall_at_k
@@ -90,7 +90,7 @@ def evaluate(catalog: str | Path, columns: Columns, config: EvalConfig = EvalCon
         index = ReferenceIndex.load(Path(tmp) / "index", encoder)
         new = held_out.with_columns(pl.lit(None, dtype=pl.String).alias("category"), pl.lit(None, dtype=pl.Float64).alias("engagement"))
         output = enrich_frame(new, index, encoder, enrich_config, progress, tagger)
-        metrics = _metrics(index, reference, held_out, output, encoder, config)
+        metrics, priors = _metrics(index, reference, held_out, output, encoder, config)
     metrics["setup"] = {
         "tagger": None if tagger is None else tagger.info.get("source", "given"),
         "catalog": str(catalog), "rows": frame.height, "usable": reference.height + held_out.height,
@@ -101,7 +101,7 @@ def evaluate(catalog: str | Path, columns: Columns, config: EvalConfig = EvalCon
     }
     joined = output.join(held_out.select("id", pl.col("category").alias("true_category"),
                                          pl.col("engagement").alias("true_engagement")), on="id", how="left")
-    return Evaluation(metrics, joined, reference["engagement"].to_numpy())
+    return Evaluation(metrics, joined, reference["engagement"].to_numpy(), priors)
 
 
 @dataclass
@@ -222,7 +222,8 @@ def _prior_metrics(s: Split, prior_scores: dict[str, np.ndarray], k: int) -> dic
 
 
 def _metrics(index: ReferenceIndex, reference: pl.DataFrame, held_out: pl.DataFrame, output: pl.DataFrame, encoder: Encoder,
-             config: EvalConfig) -> dict:
+             config: EvalConfig) -> tuple[dict, dict[str, np.ndarray]]:
+    """Every measure, JSON-ready; and the priors' estimates of the held-out listings' engagement, for `simulate`."""
     s, head_threshold, tail_threshold = _split(index, reference, held_out, output, encoder, config)
     tags, by_bucket = _category_metrics(s)
     prior_scores = _prior_scores(s, config.seed)
@@ -232,9 +233,17 @@ def _metrics(index: ReferenceIndex, reference: pl.DataFrame, held_out: pl.DataFr
         "prior mean (exposure_prior)": prior_scores["enrich"],
         "optimistic prior (exposure_prior_high)": output["exposure_prior_high"].to_numpy(),
     }, truth, tail_threshold, max(1, int(config.slate_share * (len(ref_engagement) + len(truth)))))
-    return {
-        "tags": tags, "tags_by_bucket": by_bucket, "neighbors": _neighbor_metrics(s, config.k),
+    predicted, truth = output["category"].to_list(), s.truth_category
+    team = {"hierarchical": hierarchical_scores(predicted, truth),
+            "acceptance": acceptance_scores(predicted, output["category_confident"].to_list(), output["review"].to_list(), truth),
+            "policy": index.manifest["acceptance"]}
+    metrics = {
+        "tags": tags, "tags_by_bucket": by_bucket, "team": team, "neighbors": _neighbor_metrics(s, config.k),
         "priors": _prior_metrics(s, prior_scores, config.k), "long_tail_exposure": exposure,
         "buckets": {"head_at_least": head_threshold, "tail_at_most": tail_threshold,
                     "counts": {b: int((s.bucket == b).sum()) for b in BUCKETS}},
     }
+    estimates = {"enrich": prior_scores["enrich"],  # the baselines' means are of log engagement
+                 "TF-IDF nearest neighbours": np.expm1(prior_scores["TF-IDF nearest neighbours"]),
+                 "true category's mean": np.expm1(prior_scores["true category's mean"])}
+    return metrics, estimates

@@ -7,7 +7,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, ndcg_score
 
-from enrich.category.paths import path_levels, path_prefix
+from enrich.category.paths import path_levels, path_prefix, path_prefixes
 
 
 def tag_metrics(predicted: list[str | None], truth: list[str | None]) -> dict:
@@ -139,3 +139,38 @@ def taxonomy_scores(predicted_paths: list[str | None], accepted_paths: list[list
     scores = {f"depth {depth}": float(taxonomy_hits(predicted_paths, accepted_paths, depth).mean()) for depth in depths}
     scores["full depth"] = float(np.mean([p in accepted for p, accepted in zip(predicted_paths, accepted_paths)]))
     return scores
+
+
+def hierarchical_scores(predicted: list[str | None], truth: list[str | None]) -> dict:
+    """Hierarchical precision, recall and F1 (Kiritchenko et al.): each path counted with its ancestors, micro-averaged
+    over the listings with a true path, so a right department with a wrong leaf earns part of the credit."""
+    shared = in_predicted = in_truth = 0
+    for p, t in zip(predicted, truth):
+        if not t:
+            continue
+        mine, theirs = set(path_prefixes(p)), set(path_prefixes(t))
+        shared, in_predicted, in_truth = shared + len(mine & theirs), in_predicted + len(mine), in_truth + len(theirs)
+    precision = shared / in_predicted if in_predicted else 0.0
+    recall = shared / in_truth if in_truth else 0.0
+    return {"precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0}
+
+
+def acceptance_scores(predicted: list[str | None], confident: list[str | None], review: list[bool],
+                      truth: list[str | None]) -> dict:
+    """What the team gets from the acceptance policy, over the listings with a true path: the share accepted at full
+    depth and how often those are right; with backoff, how often the confident level is right (a prefix of the
+    truth), the share that keeps a level, and the share of the true path's depth kept."""
+    rows = [(p, c, r, t) for p, c, r, t in zip(predicted, confident, review, truth) if t]
+    if not rows:
+        return {}
+    accepted = [(p, t) for p, c, r, t in rows if not r and p]
+    kept = [(c, t) for p, c, r, t in rows if c]
+    right_level = [path_prefix(t, len(path_levels(c))) == c for c, t in kept]
+    return {"listings": len(rows),
+            "accepted_share": len(accepted) / len(rows),
+            "accepted_precision": float(np.mean([p == t for p, t in accepted])) if accepted else None,
+            "backoff_precision": float(np.mean(right_level)) if kept else None,
+            "backoff_kept_share": len(kept) / len(rows),
+            "depth_kept_share": float(np.mean([len(path_levels(c)) / len(path_levels(t)) if c and ok else 0.0
+                                               for (c, t), ok in zip(kept, right_level)] + [0.0] * (len(rows) - len(kept))))}

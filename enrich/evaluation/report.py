@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ class Evaluation:
     metrics: dict  # everything, JSON-ready
     held_out: pl.DataFrame  # the enriched held-out listings joined with their truth
     reference_engagement: np.ndarray  # engagement of the reference part, for the long-tail curve
+    priors: dict = field(default_factory=dict)  # name -> each held-out listing's estimated engagement, for `simulate`
 
     def markdown(self) -> str:
         return to_markdown(self.metrics)
@@ -42,6 +43,16 @@ def to_markdown(m: dict) -> str:
     for bucket, row in m["tags_by_bucket"].items():
         a, b = row["enrich"], row["TF-IDF + logistic regression"]
         lines.append(f"| {bucket} | {row['n']} | {_f(a['full path'])} | {_f(a['top level'])} | {_f(b['full path'])} | {_f(b['top level'])} |")
+    team = m["team"]
+    h, a = team["hierarchical"], team["acceptance"]
+    lines += ["", "**The team's view** (the acceptance policy the index chose on its calibration split, applied to the held-out"
+              " listings)", "",
+              f"Hierarchical precision / recall / F1: {_f(h['precision'])} / {_f(h['recall'])} / {_f(h['f1'])}."]
+    if a and team["policy"]:
+        lines.append(f"Accepted at full depth: {_f(a['accepted_share'])} of listings, right {_f(a['accepted_precision'])}; "
+                     f"with backoff a level is kept for {_f(a['backoff_kept_share'])}, right {_f(a['backoff_precision'])}, "
+                     f"keeping {_f(a['depth_kept_share'])} of the true depth (target precision "
+                     f"{team['policy']['target_precision']:g}).")
     buckets = m["buckets"]
     lines += ["", f"Buckets by true engagement: head >= {buckets['head_at_least']:g}, tail <= {buckets['tail_at_most']:g}.", "",
               "**Neighbours**", "", f"| | same-leaf precision@{k} |", "|---|---|"]

@@ -20,6 +20,7 @@ from enrich.category.tagger import Tagger
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder, text_hashes
 from enrich.files import NpyRowWriter, exclusive_lock, file_digests
+from enrich.index.calibration import fit_acceptance
 from enrich.index.lexical import Lexical
 from enrich.index.neighbors import NeighborIndex
 from enrich.index.store import (EMBEDDINGS, FORMAT, GRAPH, LEXICAL_MATRIX, MANIFEST, REFERENCE, REFUSED, check_encoder,
@@ -166,6 +167,9 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
         embedded = embed_reference(ok, out_dir, folder, encoder, lexical, config, engine, progress)
         prior = fit_prior(ok, embedded, config)
         category_model = CategoryModel.fit(embedded.lexical_matrix, ok["category"].to_list(), config.category_model)
+        acceptance = fit_acceptance(ok, embedded.neighbors, embedded.lexical_matrix, config.vote, config.category_model,
+                                    config.index.candidates, Tagger.load(tagger_dir) if tagger_dir else None,
+                                    config.acceptance)
         summary = Summary.of(frame, started)
         summary.reused_embeddings = embedded.reused
         manifest = {
@@ -179,6 +183,8 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
                        "reused_embeddings": embedded.reused, "lexical_vocabulary": lexical.vocabulary_size},
             "prior_fit": prior.fit_metrics,
             "category_model": category_model.info if category_model else None,
+            "acceptance": {"target_precision": acceptance.target_precision, "thresholds": acceptance.thresholds,
+                           "metrics": acceptance.metrics} if acceptance else None,
             "updates": [],
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -191,6 +197,8 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
         prior.save(folder)
         if category_model is not None:
             category_model.save(folder)
+        if acceptance is not None:
+            acceptance.save(folder)
         (folder / MANIFEST).write_text(json.dumps({**manifest, "files": file_digests(folder)}, indent=1))
     summary.seconds = time.perf_counter() - started
     return summary

@@ -16,6 +16,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from enrich.catalog import CatalogError
+from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder, EncoderConfig, local_model_folder, model_fingerprint, packaged_model_path
@@ -49,7 +50,8 @@ def read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise IndexMismatch(f"{folder}: index format {found}, this enrich reads {FORMAT}; rebuild it")
-    missing = [key for key in ("config", "encoder", "files", "counts", "category_model", "tagger") if key not in manifest]
+    missing = [key for key in ("config", "encoder", "files", "counts", "category_model", "acceptance", "tagger")
+               if key not in manifest]
     if missing:
         raise IndexMismatch(f"{path}: no {', '.join(repr(k) for k in missing)}; the index is damaged: rebuild it")
     return manifest
@@ -61,11 +63,12 @@ class ReferenceIndex:
 
     def __init__(self, folder: Path, manifest: dict, reference: pl.DataFrame, embeddings: np.ndarray,
                  neighbors: NeighborIndex, lexical: Lexical, lexical_matrix: sp.csr_matrix, prior: ExposurePrior,
-                 category_model: CategoryModel | None):
+                 category_model: CategoryModel | None, acceptance: AcceptancePolicy | None = None):
         self.folder, self.manifest, self.reference = folder, manifest, reference
         self.embeddings, self.neighbors = embeddings, neighbors
         self.lexical, self.lexical_matrix, self.prior = lexical, lexical_matrix, prior
         self.category_model = category_model
+        self.acceptance = acceptance  # None where the reference had too few labelled listings to calibrate on
         self.ids = np.array(reference["id"].to_list(), dtype=object)
         self.categories = np.array(reference["category"].to_list(), dtype=object)
         self.engagement = reference["engagement"].to_numpy().astype(np.float64)
@@ -95,7 +98,8 @@ class ReferenceIndex:
                                            int(reference["deleted"].sum()))
             return cls(folder, manifest, reference, embeddings, neighbors, Lexical.load(folder),
                        sp.load_npz(folder / LEXICAL_MATRIX).tocsr(), ExposurePrior.load(folder),
-                       CategoryModel.load(folder) if manifest["category_model"] else None)
+                       CategoryModel.load(folder) if manifest["category_model"] else None,
+                       AcceptancePolicy.load(folder) if manifest["acceptance"] else None)
         except (TypeError, KeyError, ValueError, OSError, json.JSONDecodeError, pl.exceptions.PolarsError) as e:
             if isinstance(e, IndexMismatch):
                 raise

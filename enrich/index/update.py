@@ -23,6 +23,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
+from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
 from enrich.config import EnrichConfig
 from enrich.embed import text_hashes
@@ -130,7 +131,8 @@ def write_update(index: ReferenceIndex, out_dir: Path, frame: pl.DataFrame, refe
               "replaced": len(change.replaced), "refreshed": change.unchanged.height,
               "categories_unknown_to_the_model": len(unknown)}
     manifest = updated_manifest(index.manifest, reference, update, started)
-    unchanged_files = (*Lexical.FILES, *ExposurePrior.FILES, *(CategoryModel.FILES if index.category_model else ()))
+    unchanged_files = (*Lexical.FILES, *ExposurePrior.FILES, *(CategoryModel.FILES if index.category_model else ()),
+                       *((AcceptancePolicy.FILE,) if index.acceptance else ()))
     with new_version(out_dir) as folder:
         reference.write_parquet(folder / REFERENCE)
         frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / REFUSED)

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from enrich.catalog import listing_texts, put_back
 from enrich.category.tagger import Tagger
-from enrich.category.vote import ClassifierScores, VoteConfig, vote
+from enrich.category.vote import ClassifierScores, VoteConfig, Votes, vote
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder
 from enrich.index.store import ReferenceIndex
@@ -22,6 +22,8 @@ OUTPUT_SCHEMA = {
     "status": pl.String,
     "category": pl.String,
     "category_score": pl.Float64,
+    "category_confident": pl.String,
+    "review": pl.Boolean,
     "tags": pl.List(pl.String),
     "tag_scores": pl.List(pl.Float64),
     "neighbors": pl.List(pl.String),
@@ -132,6 +134,22 @@ def catalog_tags(ok: pl.DataFrame, found: Found, tagger: Tagger | None, tagger_l
     return [[(t, 1.0) for t in mine] if mine else guess for mine, guess in zip(ok["tags"].to_list(), predicted)]
 
 
+def acceptance(votes: Votes, given: list[str | None], index: ReferenceIndex) -> tuple[list[str | None], list[bool]]:
+    """Each listing's `category_confident` and `review`: a category it came with is the merchant's, confident as it is;
+    a predicted one as deep as the index's acceptance policy allows (with no policy, every listing is reviewed)."""
+    confident, review = [], []
+    for came_with, path, scores in zip(given, votes.category, votes.level_scores):
+        if came_with:
+            decided = (came_with, False)
+        elif index.acceptance is None:
+            decided = (None, True)
+        else:
+            decided = index.acceptance.decide(path, scores)
+        confident.append(decided[0])
+        review.append(decided[1])
+    return confident, review
+
+
 def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig = EnrichConfig(),
                  progress: bool = False, tagger: Tagger | None = None, found: Found | None = None,
                  tagger_logits: np.ndarray | None = None) -> pl.DataFrame:
@@ -156,12 +174,15 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
     classifiers = classifier_scores(found, index, tagger, rows=np.flatnonzero([not c for c in given]), tagger_logits=tagger_logits)
     votes = vote(index.categories[positions], sims, config.vote, classifiers, given)
     own = catalog_tags(ok, found, tagger, tagger_logits)
+    confident, review = acceptance(votes, given, index)
     estimate = index.prior.predict(found.evidence)
     chosen = np.take_along_axis(positions, votes.order, 1)
     chosen_sims = np.take_along_axis(sims, votes.order, 1)
     enriched = pl.DataFrame({
         "category": votes.category,
         "category_score": votes.category_score,
+        "category_confident": confident,
+        "review": review,
         "tags": [path + [t for t, _ in extra] for path, extra in zip(votes.tags, own)],
         "tag_scores": [path + [p for _, p in extra] for path, extra in zip(votes.tag_scores, own)],
         "neighbors": [index.ids[row].tolist() for row in chosen],

@@ -37,6 +37,8 @@ class EnrichedListing(BaseModel):
     status: str
     category: str | None
     category_score: float | None
+    category_confident: str | None
+    review: bool | None
     tags: list[str] | None
     tag_scores: list[float] | None
     neighbors: list[str] | None
