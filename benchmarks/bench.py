@@ -23,6 +23,7 @@ from sklearn.linear_model import RidgeCV
 
 from benchmarks.common import AMAZON, AMAZON_COLUMNS, DEFAULT_CATALOG, gpu_name, machine, rho
 from benchmarks.docs import update_section
+from benchmarks.team import markdown_rows, team_view
 from enrich.catalog import listing_texts, load_catalog
 from enrich.category.finetune import FinetuneConfig, finetune, training_data
 from enrich.category.tagger import Tagger
@@ -31,6 +32,7 @@ from enrich.cli import quiet_hugging_face
 from enrich.embed import Encoder, EncoderConfig, packaged_model_path
 from enrich.evaluation.evaluate import EvalConfig, evaluate, split_catalog
 from enrich.evaluation.metrics import tag_metrics
+from enrich.evaluation.simulate import markdown as simulation_markdown
 from enrich.index.build import build_index, build_index_from_frame
 from enrich.index.neighbors import exact_search, recall_at_k
 from enrich.index.store import ReferenceIndex
@@ -261,7 +263,8 @@ def benchmark(catalog: Path, seed: int = 0, with_tagger: bool = True) -> dict:
         results["eval_seconds"] = time.perf_counter() - started
         results["eval"] = evaluation.metrics
         started = time.perf_counter()
-        build_index_from_frame(reference, folder / "index", str(catalog), AMAZON, progress=False, encoder=encoder)
+        build_index_from_frame(reference, folder / "index", str(catalog), AMAZON, progress=False, encoder=encoder,
+                               tagger_dir=tagger.folder if tagger is not None else None)
         results["index_seconds"] = time.perf_counter() - started
         index = ReferenceIndex.load(folder / "index", encoder)
         found = find_evidence(held_out, index, encoder, index.neighbors.config.candidates)
@@ -273,6 +276,7 @@ def benchmark(catalog: Path, seed: int = 0, with_tagger: bool = True) -> dict:
         results["category_sources"] = category_sources(index, found, tagger, held_out["category"].to_list())
         if tagger is not None:
             results["weights_on_validation"] = weights_on_validation(reference, tagger, encoder, folder)
+        results["team"] = team_view(evaluation, index, found, tagger, reference, held_out, encoder, folder)
         results["encoder"] = encoder_speed(listing_texts(held_out), listing_texts(reference))
         results["run_2000"] = run_timing(catalog, folder)
     return results
@@ -319,6 +323,7 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| &nbsp;&nbsp;{name}: full-path acc / weighted F1 / macro F1; top level | "
                      f"{f(row['full path']['accuracy'])} / {f(row['full path']['weighted_f1'])} / "
                      f"{f(row['full path']['macro_f1'])}; {f(row['top level']['accuracy'])} | | |")
+    lines += markdown_rows(m, r["team"])
     lines += _agreement_lines(r["category_sources"].get("label_agreement", []), "label agreement",
                               "labelled as it; enrich's accuracy on them", ("labelled_as_nearest", "enrich_accuracy"))
     if "finetune" in r:
@@ -367,9 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.md").write_text(table + "\n")
     print(f"\nmachine: {results['machine']}; catalog {results['catalog']}, 80/20 split, seed {results['seed']}\n")
     print(table)
+    simulation = simulation_markdown(results["team"]["simulation"])
+    (args.out / "simulate.md").write_text(simulation + "\n")
     if not args.no_docs:
         command = "make bench" + (" ARGS=--skip-llm" if args.skip_llm else "")
         update_section("catalog", table, command, results["machine"])
+        update_section("simulation", simulation, command, results["machine"])
     return 0
 
 

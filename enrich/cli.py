@@ -82,8 +82,10 @@ def _index_versions(args: argparse.Namespace) -> list[str]:
 
 
 def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from enrich.config import EnrichConfig
     from enrich.files import check_output_path
     from enrich.index.build import build_index
+    from enrich.index.calibration import AcceptanceConfig
     from enrich.index.update import update_index
 
     if args.versions or args.rollback or args.verify:
@@ -95,12 +97,14 @@ def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[s
     if args.delete_missing and not args.update:
         raise CatalogError("--delete-missing goes with --update")
     check_output_path(args.out, inputs=(args.reference,), folder=True)
+    config = EnrichConfig(acceptance=AcceptanceConfig(target_precision=args.accept_precision))
     if args.update:
         summary = update_index(args.reference, args.out, columns, progress=progress, delete_missing=args.delete_missing,
-                               max_delete_share=args.max_delete)
+                               max_delete_share=args.max_delete, decisions=args.decisions)
         return summary.lines("usable") + [f"  unchanged listings kept without re-embedding: {summary.reused_embeddings}",
                                           f"index updated in {args.out}"]
-    summary = build_index(args.reference, args.out, columns, progress=progress, tagger_dir=args.model, engine=_engine(args))
+    summary = build_index(args.reference, args.out, columns, config, progress=progress, tagger_dir=args.model,
+                          engine=_engine(args), decisions=args.decisions)
     return summary.lines("indexed") + [f"  embeddings reused from the earlier build: {summary.reused_embeddings}",
                                        f"index written to {args.out}"]
 
@@ -131,7 +135,7 @@ def _finetune(args: argparse.Namespace, columns: Columns, progress: bool) -> lis
     from enrich.category.finetune import config_from, finetune
 
     quiet_hugging_face()  # again, now that fine-tuning has imported `datasets`
-    metrics = finetune(args.catalog, args.out, columns, config_from(args), progress=progress)
+    metrics = finetune(args.catalog, args.out, columns, config_from(args), progress=progress, decisions=args.decisions)
     if not PartialState().is_main_process:  # under `accelerate launch` every process returns; one summary
         return []
     lines = [f"fine-tuned on {metrics['train_rows']} listings in {metrics['seconds']:.0f} s ({metrics['epochs_run']} epochs,"

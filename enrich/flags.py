@@ -63,6 +63,11 @@ def _index_parser(commands, quiet: argparse.ArgumentParser) -> None:
     index.add_argument("reference", nargs="?", help="reference catalog with engagement (.csv, .parquet, .jsonl)")
     index.add_argument("--out", required=True, help="index folder to write (a new version, switched to atomically)")
     index.add_argument("--model", help="a fine-tuned tagger folder (`enrich finetune`); `enrich run` uses it by default")
+    index.add_argument("--decisions", metavar="FILE", help="the team's decisions (`enrich review export`): relabel the "
+                       "listings they name, add the reviewed ones as labelled listings")
+    index.add_argument("--accept-precision", type=float, default=0.9, metavar="P",
+                       help="accept a predicted path (or back off to a level) where calibration says it is right this "
+                       "often (default 0.9)")
     change = index.add_argument_group("changing an existing index")
     change.add_argument("--update", action="store_true",
                         help="add the file's new listings and replace its changed ones without a rebuild; deletes nothing")
@@ -126,6 +131,7 @@ def _simulate_parser(commands, quiet: argparse.ArgumentParser) -> None:
 def _finetune_parser(commands, quiet: argparse.ArgumentParser) -> None:
     finetune = commands.add_parser("finetune", parents=[quiet], help="fine-tune the BERT tagger on a catalog with category paths")
     finetune.add_argument("catalog", help="catalog with a category path per listing")
+    finetune.add_argument("--decisions", metavar="FILE", help="the team's decisions (`enrich review export`): trained on as gold")
     finetune.add_argument("--out", required=True, help="model folder (safetensors, labels, config, metrics); resumes if it holds a checkpoint")
     column_flags(finetune)
     from enrich.category.finetune import add_config_flags

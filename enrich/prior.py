@@ -142,8 +142,8 @@ class ExposurePrior:
         y = capped_log(engagement, log_cap)
         mu, sd = float(y.mean()), float(y.std())
         quantiles = {f"q{int(q * 100)}": float(np.expm1(np.quantile(y, q))) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
-        weights = _absolute_weights(evidence.sims, config.temperature)
-        neighbor_y = capped_log(evidence.neighbor_engagement, log_cap)
+        neighbor_y, known = _neighbor_log(evidence, log_cap)
+        weights = _absolute_weights(evidence.sims, config.temperature) * known
         mass = weights.sum(1)
         # Empirical Bayes pseudo-count: the one that best predicts held-out listings from their neighbours.
         errors = {k: float(np.mean((((weights * neighbor_y).sum(1) + k * mu) / (mass + k) - y) ** 2)) for k in config.shrink_grid}
@@ -187,25 +187,26 @@ class ExposurePrior:
     def features(self, evidence: Evidence, leave_out: np.ndarray | None = None, text_prediction: np.ndarray | None = None) -> np.ndarray:
         """The FEATURES matrix. `leave_out`: each row's own y, removed from its brand's statistics."""
         config, mu = self.config, self.global_mean
-        neighbor_y = capped_log(evidence.neighbor_engagement, self.log_cap)
-        weights = _absolute_weights(evidence.sims, config.temperature)
+        neighbor_y, known = _neighbor_log(evidence, self.log_cap)
+        weights = _absolute_weights(evidence.sims, config.temperature) * known
         mass = weights.sum(1)
         neighbors_eb = ((weights * neighbor_y).sum(1) + self.shrink * mu) / (mass + self.shrink)
-        relative = np.exp((evidence.sims - evidence.sims[:, :1]) / config.relative_temperature)
-        neighbors_mean = (relative * neighbor_y).sum(1) / relative.sum(1)
+        relative = np.exp((evidence.sims - evidence.sims[:, :1]) / config.relative_temperature) * known
+        neighbors_mean = _weighted_mean(relative, neighbor_y, mu)
         lexical = np.exp((evidence.lexical_sims - evidence.lexical_sims.max(1, keepdims=True)) / config.lexical_temperature)
-        lexical_mean = (lexical * neighbor_y).sum(1) / lexical.sum(1)
+        lexical_mean = _weighted_mean(lexical * known, neighbor_y, mu)
         sums = np.array([self.brand_stats.get(b, (0.0, 0.0))[0] for b in evidence.brands])
         counts = np.array([self.brand_stats.get(b, (0.0, 0.0))[1] for b in evidence.brands])
         if leave_out is not None:
-            known = np.array([bool(b) for b in evidence.brands])
-            sums, counts = sums - known * leave_out, counts - known
+            branded = np.array([bool(b) for b in evidence.brands])
+            sums, counts = sums - branded * leave_out, counts - branded
         brand_eb = (sums + config.brand_strength * mu) / (counts + config.brand_strength)
         if text_prediction is None:
             text_prediction = evidence.text_features @ self.text_coef + self.text_intercept
         return np.column_stack([
             neighbors_eb, neighbors_mean, lexical_mean, brand_eb, np.asarray(text_prediction).ravel(),
-            np.log1p(mass), evidence.sims[:, 0], neighbor_y[:, :10].std(1), neighbor_y.mean(1),
+            np.log1p(mass), evidence.sims[:, 0], _known_std(neighbor_y[:, :10], known[:, :10]),
+            _weighted_mean(known.astype(np.float64), neighbor_y, mu),
         ])
 
     def predict(self, evidence: Evidence) -> PriorEstimate:
@@ -218,7 +219,7 @@ class ExposurePrior:
         # Row by row (einsum's own loop, not BLAS, whose blocking depends on the number of rows): a listing's prior is
         # the same whichever listings it is computed with.
         log_mean = np.einsum("ij,j->i", self.features(evidence), np.array(self.coef)) + self.intercept
-        mass = _absolute_weights(evidence.sims, self.config.temperature).sum(1)
+        mass = (_absolute_weights(evidence.sims, self.config.temperature) * _neighbor_log(evidence, self.log_cap)[1]).sum(1)
         bins = np.searchsorted(np.array(self.bin_edges), np.log1p(mass))
         low = np.expm1(log_mean + np.array(self.residual_low)[bins])
         high = np.expm1(log_mean + np.array(self.residual_high)[bins])
@@ -269,6 +270,26 @@ def cross_fitted_text_model(text_features: sp.csr_matrix, y: np.ndarray, config:
     folds = KFold(n_splits=min(config.folds, max(len(y), 2)), shuffle=True, random_state=config.seed)
     out_of_fold = cross_val_predict(Ridge(alpha=config.text_alpha), text_features, y, cv=folds)
     return out_of_fold, Ridge(alpha=config.text_alpha).fit(text_features, y)
+
+
+def _neighbor_log(evidence: Evidence, log_cap: float) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates' capped log engagement, 0 where it is unknown (a listing the team labelled that has no
+    engagement yet: it teaches categories, not the prior), and which are known."""
+    y = capped_log(evidence.neighbor_engagement, log_cap)
+    known = ~np.isnan(y)
+    return np.where(known, y, 0.0), known
+
+
+def _weighted_mean(weights: np.ndarray, values: np.ndarray, fallback: float) -> np.ndarray:
+    total = weights.sum(1)
+    return np.divide((weights * values).sum(1), total, out=np.full(len(total), fallback), where=total > 0)
+
+
+def _known_std(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Each row's standard deviation over its known values (0 where there are none)."""
+    count = np.maximum(known.sum(1), 1)
+    mean = (values * known).sum(1) / count
+    return np.sqrt((((values - mean[:, None]) * known) ** 2).sum(1) / count)
 
 
 def _absolute_weights(sims: np.ndarray, temperature: float) -> np.ndarray:

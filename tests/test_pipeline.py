@@ -300,7 +300,8 @@ def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tm
     assert unknown and f"warning: {unknown} categories in the index are new since the last full build" in err
     assert index.reference.height == 51 and int(index.reference["deleted"].sum()) == 6 and len(index.neighbors) == 45
     assert index.manifest["updates"][-1] | {"seconds": 0, "at": "", "source": ""} == {
-        "added": 11, "deleted": 6, "replaced": 1, "refreshed": 34, "categories_unknown_to_the_model": unknown, "seconds": 0,
+        "added": 11, "deleted": 6, "replaced": 1, "refreshed": 34, "categories_unknown_to_the_model": unknown, "decisions": None,
+        "seconds": 0,
         "at": "", "source": ""}
     first = index.reference.with_row_index().filter(pl.col("id") == after["uniq_id"][0])
     assert first["engagement"].to_list() == [999.0]

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 from enrich.catalog import Columns, listing_texts, load_catalog
+from enrich.catalog.decisions import apply_decisions, read_decisions
 from enrich.category.calibration import expected_calibration_error, fit_temperature
 from enrich.category.catalog_tags import best_tag_threshold, tag_counts, tag_metrics
 from enrich.category.tagger import TAG_PREFIX, Hierarchy, Tagger
@@ -65,21 +66,31 @@ class FinetuneConfig:
     tag_min_count: int = 5  # a catalog's own tag is learned when this many training listings carry it
     tag_loss_weight: float = 1.0  # weight of the tags' binary cross-entropy beside the path loss
     tag_threshold: float | None = None  # a tag is predicted when its probability reaches this; None: chosen on validation
+    decision_weight: int = 3  # with --decisions: a listing the team decided counts this many times in training (gold)
     seed: int = 0
     mixed_precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else no
 
 
-def training_data(catalog: str | Path, columns: Columns, config: FinetuneConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+def training_data(catalog: str | Path, columns: Columns, config: FinetuneConfig,
+                  decisions: str | Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Usable rows with a known category or tags of their own (those without a category teach the tags only),
-    split into train and validation (seeded)."""
+    split into train and validation (seeded). `decisions` (`enrich review export`) relabel the listings they name and
+    add the reviewed ones; in the training split each decided listing counts `decision_weight` times."""
     frame = load_catalog(catalog, columns, reference=False)
+    decided = read_decisions(decisions) if decisions is not None else None
+    if decided is not None:
+        frame, _ = apply_decisions(frame, decided)
     frame = frame.filter((pl.col("status") == "ok") & (pl.col("category").is_not_null() | (pl.col("tags").list.len() > 0)))
     if (with_category := frame["category"].count()) < 10:
         raise ValueError(f"{catalog}: only {with_category} usable rows with a category; fine-tuning needs more")
     frame = frame.with_columns(pl.Series("text", listing_texts(frame)))
     order = np.random.default_rng(config.seed).permutation(frame.height)
     n_val = max(1, int(config.validation_share * frame.height))
-    return frame[np.sort(order[n_val:])], frame[np.sort(order[:n_val])]
+    train, validation = frame[np.sort(order[n_val:])], frame[np.sort(order[:n_val])]
+    if decided is not None and config.decision_weight > 1:
+        gold = train.filter(pl.col("id").is_in(decided["id"].implode()))
+        train = pl.concat([train, *[gold] * (config.decision_weight - 1)])
+    return train, validation
 
 
 def _mixed_precision(setting: str) -> str:
@@ -168,16 +179,17 @@ class Targets:
 
 
 def finetune(catalog: str | Path, out_dir: str | Path, columns: Columns = Columns(), config: FinetuneConfig = FinetuneConfig(),
-             progress: bool = True, epochs_this_run: int | None = None) -> dict:
+             progress: bool = True, epochs_this_run: int | None = None, decisions: str | Path | None = None) -> dict:
     """Train, keeping the best epoch; resumes from out_dir's last checkpoint when one is there.
 
     `epochs_this_run` stops after that many epochs with the checkpoint written (as a kill would, but
     cleanly), for time-sliced jobs; a later call resumes.
     """
     started = time.perf_counter()
-    train, validation = training_data(catalog, columns, config)
+    train, validation = training_data(catalog, columns, config, decisions)
     # The validation split's ids: an index calibrates its acceptance policy on them, which the tagger never learned from.
-    provenance = {"source": str(catalog), "columns": asdict(columns), "validation_ids": validation["id"].to_list()}
+    provenance = {"source": str(catalog), "columns": asdict(columns), "validation_ids": validation["id"].to_list(),
+                  "decisions": str(decisions) if decisions else None}
     training = Training(Path(out_dir), Targets.of(train, validation, config), train, validation, config, progress, provenance)
     first_epoch = training.state["epoch"] + 1
     for epoch in range(first_epoch, config.epochs + 1):

@@ -68,7 +68,9 @@ class Hierarchy:
 class Tagger:
     """Predicts category paths with per-level scores for listing texts."""
 
-    def __init__(self, model, tokenizer, info: dict, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model, tokenizer, info: dict, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 folder: Path | None = None):
+        self.folder = folder  # where it was loaded from (an index built with it records it)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.info = info
@@ -104,7 +106,7 @@ class Tagger:
         device = resolve_device(device)
         dtype = torch.float32 if precision == "auto" and device.startswith("cuda") else resolve_dtype(precision, device)
         model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).to(device)
-        return cls(model, AutoTokenizer.from_pretrained(folder, local_files_only=True), info, device, dtype)
+        return cls(model, AutoTokenizer.from_pretrained(folder, local_files_only=True), info, device, dtype, folder)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

@@ -68,13 +68,16 @@ class ClassifierScores:
 
 
 def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig = VoteConfig(),
-         classifiers: list[ClassifierScores] = (), given: list[str | None] | None = None) -> Votes:
+         classifiers: list[ClassifierScores] = (), given: list[str | None] | None = None,
+         linkable: np.ndarray | None = None) -> Votes:
     """`candidate_categories[i, j]`: category path of listing i's j-th candidate (None if unknown).
 
     With `classifiers`, the category distribution mixes their probabilities with the neighbours' vote (the
     weights in `config`), and it both names the category and re-orders the neighbours.
     `given[i]`: the category listing i came with, if any. The merchant's own word is kept, not second-guessed:
     it is the category (score 1.0), its levels are the tags, and it re-orders the neighbours.
+    `linkable[i, j]`: whether candidate j may be written as a neighbour (a listing without engagement votes, but is
+    not a popular listing to link to): the others are ordered last.
     """
     n, k = sims.shape
     top_k = min(config.top_k, k)
@@ -90,7 +93,10 @@ def vote(candidate_categories: np.ndarray, sims: np.ndarray, config: VoteConfig 
         else:
             shares = mixed_shares(candidate_categories[i], sims[i], config, classifiers, i)
         share_of = np.array([shares.get(path, 0.0) if path else 0.0 for path in candidate_categories[i]])
-        result.order[i] = np.argsort(-(sims[i] + config.rerank_weight * share_of), kind="stable")[:top_k]
+        key = sims[i] + config.rerank_weight * share_of
+        if linkable is not None:
+            key = np.where(linkable[i], key, -np.inf)
+        result.order[i] = np.argsort(-key, kind="stable")[:top_k]
         if not shares:
             result.category.append(None)
             result.category_score.append(None)

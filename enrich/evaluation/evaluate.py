@@ -86,7 +86,9 @@ def evaluate(catalog: str | Path, columns: Columns, config: EvalConfig = EvalCon
         raise CatalogError(f"{catalog}: too few usable listings to hold some out ({frame.height} rows)")
     encoder = encoder or Encoder(enrich_config.encoder)
     with tempfile.TemporaryDirectory(prefix="enrich-eval-") as tmp:
-        build_index_from_frame(reference, Path(tmp) / "index", str(catalog), columns, enrich_config, progress, encoder)
+        # With the tagger recorded, the acceptance policy is calibrated on the mix that scores the held-out listings.
+        build_index_from_frame(reference, Path(tmp) / "index", str(catalog), columns, enrich_config, progress, encoder,
+                               tagger_dir=tagger.folder if tagger is not None else None)
         index = ReferenceIndex.load(Path(tmp) / "index", encoder)
         new = held_out.with_columns(pl.lit(None, dtype=pl.String).alias("category"), pl.lit(None, dtype=pl.Float64).alias("engagement"))
         output = enrich_frame(new, index, encoder, enrich_config, progress, tagger)

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
+from enrich.catalog.decisions import apply_decisions, read_decisions
 from enrich.category.lexical_model import CategoryModel
 from enrich.category.tagger import Tagger
 from enrich.config import EnrichConfig
@@ -81,17 +82,23 @@ class EmbeddingCache:
 
 def build_index(reference_path: str | Path, out_dir: str | Path, columns: Columns = Columns(),
                 config: EnrichConfig = EnrichConfig(), progress: bool = True, encoder: Encoder | None = None,
-                tagger_dir: str | Path | None = None, engine: EngineConfig = EngineConfig()) -> Summary:
+                tagger_dir: str | Path | None = None, engine: EngineConfig = EngineConfig(),
+                decisions: str | Path | None = None) -> Summary:
     """Embed the reference catalog, build the hnswlib index and fit the prior; write them to `out_dir`.
 
     `tagger_dir`, a fine-tuned tagger, is recorded in the manifest: `enrich run` then uses it by default.
-    With `engine` Ray, the embedding runs on Ray Data actors; the rest in this process.
+    With `engine` Ray, the embedding runs on Ray Data actors; the rest in this process. `decisions`, the team's
+    (`enrich review export`), relabel the listings they name and add the reviewed ones (see `catalog.decisions`).
     """
     started = time.perf_counter()
     frame = load_catalog(reference_path, columns, config.cleaning, reference=True)
+    learned = None
+    if decisions is not None:
+        frame, learned = apply_decisions(frame, read_decisions(decisions))
+        learned["source"] = str(decisions)
     return build_index_from_frame(frame, out_dir, source=str(reference_path), columns=columns, config=config,
                                   progress=progress, encoder=encoder, started=started, tagger_dir=tagger_dir,
-                                  engine=engine)
+                                  engine=engine, decisions=learned)
 
 
 @dataclass
@@ -136,28 +143,31 @@ def embed_reference(ok: pl.DataFrame, out_dir: Path, folder: Path, encoder: Enco
 
 
 def fit_prior(ok: pl.DataFrame, embedded: Embedded, config: EnrichConfig) -> ExposurePrior:
-    """The prior, fitted on a sample of the reference listings with each left out of its own neighbours."""
-    engagement = ok["engagement"].to_numpy().astype(np.float64)
+    """The prior, fitted on a sample of the reference listings that have engagement, each left out of its own
+    neighbours (listings the team labelled without engagement are neighbours whose engagement is unknown)."""
+    engagement = ok["engagement"].fill_null(float("nan")).to_numpy().astype(np.float64)
+    known = np.flatnonzero(~np.isnan(engagement))
     brands = ok["brand"].to_list()
-    fitted_on = fit_sample(ok.height, config.prior.fit_rows, config.prior.seed)
+    fitted_on = known[fit_sample(len(known), config.prior.fit_rows, config.prior.seed)]
     evidence = reference_evidence(None, embedded.neighbors, embedded.lexical_matrix, engagement, brands,
                                   min(config.index.candidates, ok.height - 1), rows=fitted_on)
-    log_cap = engagement_log_cap(engagement)
+    log_cap = engagement_log_cap(engagement[known])
     return ExposurePrior.fit(engagement[fitted_on], evidence, config.prior, log_cap=log_cap,
-                             brand_stats=brand_statistics([brand_key(b) for b in brands], engagement, log_cap))
+                             brand_stats=brand_statistics([brand_key(brands[i]) for i in known], engagement[known], log_cap))
 
 
 def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str, columns: Columns = Columns(),
                            config: EnrichConfig = EnrichConfig(), progress: bool = True, encoder: Encoder | None = None,
                            started: float | None = None, tagger_dir: str | Path | None = None,
-                           engine: EngineConfig = EngineConfig()) -> Summary:
-    """`build_index` for a catalog already loaded with `load_catalog(..., reference=True)`."""
+                           engine: EngineConfig = EngineConfig(), decisions: dict | None = None) -> Summary:
+    """`build_index` for a catalog already loaded with `load_catalog(..., reference=True)`; `decisions`: what the
+    team's decisions changed in it, for the manifest."""
     started = started or time.perf_counter()
     out_dir = Path(out_dir)
     if tagger_dir is not None:
         Tagger.check(tagger_dir)
     ok = frame.filter(pl.col("status") == "ok")
-    if ok.height < MIN_REFERENCE:
+    if ok["engagement"].count() < MIN_REFERENCE:
         raise CatalogError(f"{source}: {ok.height} usable reference listings (of {frame.height} rows); an index needs at"
                            f" least {MIN_REFERENCE} with a title and a numeric engagement")
     encoder = encoder or Encoder(config.encoder)
@@ -185,6 +195,7 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
             "category_model": category_model.info if category_model else None,
             "acceptance": {"target_precision": acceptance.target_precision, "thresholds": acceptance.thresholds,
                            "metrics": acceptance.metrics} if acceptance else None,
+            "decisions": decisions,
             "updates": [],
             "seconds": round(time.perf_counter() - started, 2),
         }

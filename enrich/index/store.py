@@ -71,7 +71,7 @@ class ReferenceIndex:
         self.acceptance = acceptance  # None where the reference had too few labelled listings to calibrate on
         self.ids = np.array(reference["id"].to_list(), dtype=object)
         self.categories = np.array(reference["category"].to_list(), dtype=object)
-        self.engagement = reference["engagement"].to_numpy().astype(np.float64)
+        self.engagement = reference["engagement"].fill_null(float("nan")).to_numpy().astype(np.float64)  # NaN: labelled only
 
     @classmethod
     def load(cls, folder: str | Path, encoder: Encoder | None = None, verify: bool = False) -> "ReferenceIndex":

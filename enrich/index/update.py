@@ -23,6 +23,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
+from enrich.catalog.decisions import apply_decisions, read_decisions
 from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
 from enrich.config import EnrichConfig
@@ -75,13 +76,17 @@ def changes(index: ReferenceIndex, frame: pl.DataFrame, cache_key: str) -> Chang
 
 def update_index(reference_path: str | Path, out_dir: str | Path, columns: Columns = Columns(),
                  config: EnrichConfig = EnrichConfig(), progress: bool = True, delete_missing: bool = False,
-                 max_delete_share: float = MAX_DELETE_SHARE) -> Summary:
-    """Bring the index in `out_dir` up to date with the listings in `reference_path`: see the module."""
+                 max_delete_share: float = MAX_DELETE_SHARE, decisions: str | Path | None = None) -> Summary:
+    """Bring the index in `out_dir` up to date with the listings in `reference_path`: see the module. `decisions`, the
+    team's, relabel the listings they name (the file's or the index's) and add the reviewed ones."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if not (out_dir / MANIFEST).exists():
         raise IndexMismatch(f"{out_dir}: no index to update; build one first with `enrich index` (without --update)")
     frame = load_catalog(reference_path, columns, config.cleaning, reference=True)
+    decided = read_decisions(decisions) if decisions is not None else None
+    if decided is not None:
+        frame, _ = apply_decisions(frame, decided)
     with exclusive_lock(out_dir, "this index"):
         encoder = encoder_for(out_dir)
         index = ReferenceIndex.load(out_dir, encoder)
@@ -97,20 +102,26 @@ def update_index(reference_path: str | Path, out_dir: str | Path, columns: Colum
         if live - len(gone) + change.added.height < MIN_REFERENCE:
             raise CatalogError(f"{reference_path}: the update would leave fewer than {MIN_REFERENCE} listings in the index")
         reference = refreshed_reference(index.reference, change.current, change.added.select(change.current.columns), gone)
+        if decided is not None:  # the index's own listings that the file does not repeat are relabelled too
+            labels = dict(zip(decided["id"].to_list(), decided["category"].to_list()))
+            reference = reference.with_columns(pl.when(pl.col("id").is_in(list(labels)) & ~pl.col("deleted"))
+                                               .then(pl.col("id").replace_strict(labels, default=None))
+                                               .otherwise(pl.col("category")).alias("category"))
         summary = Summary.of(frame, started)
         summary.reused_embeddings = change.unchanged.height
         if not change.added.height and not gone and reference.equals(index.reference):
             summary.warnings.append("nothing to change: the index already holds these listings as they are (no new version)")
             return summary
         unknown, manifest = write_update(index, out_dir, frame, reference, change, gone, encoder, progress,
-                                         str(reference_path), started)
+                                         str(reference_path), started, str(decisions) if decisions else None)
     summary.warnings += update_warnings(manifest, reference, unknown if index.category_model is not None else set())
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def write_update(index: ReferenceIndex, out_dir: Path, frame: pl.DataFrame, reference: pl.DataFrame, change: Changes,
-                 gone: list[int], encoder, progress: bool, source: str, started: float) -> tuple[set[str], dict]:
+                 gone: list[int], encoder, progress: bool, source: str, started: float,
+                 decisions: str | None = None) -> tuple[set[str], dict]:
     """Embed what the update adds, change the graph and write the new version; the categories the category model
     does not know, and the new manifest."""
     added_texts = listing_texts(change.added)  # the only texts held: those of listings to embed
@@ -129,7 +140,7 @@ def write_update(index: ReferenceIndex, out_dir: Path, frame: pl.DataFrame, refe
     unknown = live_categories - set(index.category_model.labels if index.category_model else ())
     update = {"at": now(), "source": source, "added": change.added.height, "deleted": len(gone),
               "replaced": len(change.replaced), "refreshed": change.unchanged.height,
-              "categories_unknown_to_the_model": len(unknown)}
+              "categories_unknown_to_the_model": len(unknown), "decisions": decisions}
     manifest = updated_manifest(index.manifest, reference, update, started)
     unchanged_files = (*Lexical.FILES, *ExposurePrior.FILES, *(CategoryModel.FILES if index.category_model else ()),
                        *((AcceptancePolicy.FILE,) if index.acceptance else ()))
@@ -149,9 +160,9 @@ def refreshed_reference(old: pl.DataFrame, current: pl.DataFrame, added: pl.Data
     """The id map after the update: unchanged listings with fresh engagement and category under the same label, the
     gone ones marked deleted, the added ones appended."""
     refreshed = old.with_row_index("label").join(
-        current.select("id", "text_hash", pl.col("engagement").alias("new_engagement"), pl.col("category").alias("new_category")),
-        on=["id", "text_hash"], how="left")
-    keep = pl.col("new_engagement").is_not_null() & ~pl.col("deleted")
+        current.select("id", "text_hash", pl.col("engagement").alias("new_engagement"), pl.col("category").alias("new_category"),
+                       pl.lit(True).alias("repeated")), on=["id", "text_hash"], how="left")
+    keep = pl.col("repeated").fill_null(False) & ~pl.col("deleted")
     refreshed = refreshed.with_columns(
         pl.when(keep).then(pl.col("new_engagement")).otherwise(pl.col("engagement")).alias("engagement"),
         pl.when(keep).then(pl.col("new_category")).otherwise(pl.col("category")).alias("category"),

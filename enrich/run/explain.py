@@ -62,8 +62,10 @@ def explain_listing(row: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, 
         probabilities = tagger.tag_probabilities(found.texts, tagger_logits)[0]
         explained.tag_probabilities = [(tagger.tag_labels[j], float(probabilities[j])) for j in np.argsort(-probabilities)[:alternatives]]
         explained.tag_threshold = tagger.tag_threshold
-    order = vote(index.categories[positions][None, :], sims[None, :], config.vote, classifiers, [listing["category"]]).order[0]
-    for j in order:
+    linkable = ~np.isnan(index.engagement[positions])
+    order = vote(index.categories[positions][None, :], sims[None, :], config.vote, classifiers, [listing["category"]],
+                 linkable[None, :]).order[0]
+    for j in order[linkable[order]]:
         reference = index.reference.row(int(positions[j]), named=True)
         explained.neighbors.append({"id": reference["id"], "cosine": float(sims[j]), "engagement": reference["engagement"],
                                     "category": reference["category"], "title": reference["title"]})

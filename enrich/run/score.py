@@ -172,7 +172,8 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
     if tagger_logits is None and tagger is not None and tagger.tag_labels:
         tagger_logits = tagger.logits(found.texts)
     classifiers = classifier_scores(found, index, tagger, rows=np.flatnonzero([not c for c in given]), tagger_logits=tagger_logits)
-    votes = vote(index.categories[positions], sims, config.vote, classifiers, given)
+    linkable = ~np.isnan(index.engagement[positions])  # listings the team labelled have no engagement to link to
+    votes = vote(index.categories[positions], sims, config.vote, classifiers, given, linkable)
     own = catalog_tags(ok, found, tagger, tagger_logits)
     confident, review = acceptance(votes, given, index)
     estimate = index.prior.predict(found.evidence)
@@ -185,8 +186,9 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
         "review": review,
         "tags": [path + [t for t, _ in extra] for path, extra in zip(votes.tags, own)],
         "tag_scores": [path + [p for _, p in extra] for path, extra in zip(votes.tag_scores, own)],
-        "neighbors": [index.ids[row].tolist() for row in chosen],
-        "neighbor_scores": [np.round(row.astype(np.float64), 5).tolist() for row in chosen_sims],
+        "neighbors": [index.ids[row][~np.isnan(index.engagement[row])].tolist() for row in chosen],
+        "neighbor_scores": [np.round(s[~np.isnan(index.engagement[row])].astype(np.float64), 5).tolist()
+                            for row, s in zip(chosen, chosen_sims)],
         "exposure_prior": estimate.expected,
         "exposure_prior_low": estimate.low,
         "exposure_prior_high": estimate.high,

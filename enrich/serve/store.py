@@ -215,11 +215,14 @@ class Store:
             return [r[0] for r in db.execute("SELECT DISTINCT after FROM decisions WHERE after IS NOT NULL").fetchall()]
 
     def decisions(self) -> pl.DataFrame:
-        """Every decision, oldest first, with its batch's name: what `enrich review export` writes."""
+        """Every decision, oldest first, with its batch's name and, for a reviewed new listing, its text (what a
+        catalog relabelled by `--decisions` needs): what `enrich review export` writes."""
         with self.connect() as db:
             rows = db.execute("""SELECT d.seq, d.batch, b.name AS batch_name, d.listing, d.before, d.after, d.action,
-                                        d.who, d.at, d.source
-                                 FROM decisions d LEFT JOIN batches b ON b.id = d.batch ORDER BY d.seq""").fetchall()
+                                        d.who, d.at, d.source, l.title, l.brand, l.text
+                                 FROM decisions d LEFT JOIN batches b ON b.id = d.batch
+                                 LEFT JOIN listings l ON l.batch = d.batch AND l.id = d.listing ORDER BY d.seq""").fetchall()
         schema = {"seq": pl.Int64, "batch": pl.Int64, "batch_name": pl.String, "listing": pl.String, "before": pl.String,
-                  "after": pl.String, "action": pl.String, "who": pl.String, "at": pl.String, "source": pl.String}
+                  "after": pl.String, "action": pl.String, "who": pl.String, "at": pl.String, "source": pl.String,
+                  "title": pl.String, "brand": pl.String, "text": pl.String}
         return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
