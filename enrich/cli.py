@@ -141,6 +141,8 @@ def _finetune(args: argparse.Namespace, columns: Columns, progress: bool) -> lis
     lines = [f"fine-tuned on {metrics['train_rows']} listings in {metrics['seconds']:.0f} s ({metrics['epochs_run']} epochs,"
              f" best {metrics['best_epoch']}): validation accuracy {metrics['validation_accuracy']:.3f},"
              f" calibration error {metrics['calibration_error_before']:.3f} -> {metrics['calibration_error_after']:.3f}",
+             f"  mixed precision {metrics['mixed_precision']['chosen']} ({metrics['mixed_precision']['reason']}"
+             + (f": {metrics['mixed_precision']['per_s']} listings/s" if metrics["mixed_precision"]["per_s"] else "") + ")",
              f"model written to {args.out}"]
     if "tags" in metrics:
         t = metrics["tags"]

@@ -3,7 +3,6 @@ import pytest
 
 import torch
 
-import enrich.precision
 from enrich.embed import Encoder, EncoderConfig, packaged_model_path
 from enrich.precision import resolve_dtype
 
@@ -39,15 +38,47 @@ def test_long_text_is_cut_at_the_tail_so_the_title_survives():
     assert float((with_description * alone).sum()) > 0.8
 
 
-def test_a_named_precision_is_taken_and_auto_follows_the_hardware(monkeypatch):
+def test_a_named_precision_is_taken_and_auto_is_measured_on_a_cpu(monkeypatch):
     assert [resolve_dtype(name, "cpu") for name in ("fp32", "bf16", "fp16")] == [torch.float32, torch.bfloat16, torch.float16]
-    assert resolve_dtype("auto", "cuda") == torch.float16
-    monkeypatch.setattr(enrich.precision, "cpu_has_native_bf16", lambda: True)
-    assert resolve_dtype("auto", "cpu") == torch.bfloat16
-    monkeypatch.setattr(enrich.precision, "cpu_has_native_bf16", lambda: False)
-    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cuda") == torch.float16 and resolve_dtype("auto", "cpu") == torch.float32  # until measured
+    monkeypatch.setenv("ENRICH_PRECISION", "bf16")
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16  # the environment names it
     with pytest.raises(ValueError, match="precision must be"):
         resolve_dtype("int4", "cpu")
+
+
+def test_the_fastest_precision_that_agrees_is_chosen_whatever_the_cpu_says():
+    from enrich.precision import choose
+
+    assert choose({"fp32": 400, "bf16": 700}, {"fp32": True, "bf16": True}) == "bf16"
+    assert choose({"fp32": 400, "bf16": 250}, {"fp32": True, "bf16": True}) == "fp32"  # bf16 units that are slow
+    assert choose({"fp32": 400, "bf16": 900}, {"fp32": True, "bf16": False}) == "fp32"  # fast but wrong
+    assert choose({"no": 30, "bf16": 80}, {"bf16": True}, baseline="no") == "bf16"
+
+
+def test_a_measured_choice_is_cached_per_machine_and_model(tmp_path, monkeypatch):
+    import time
+
+    from enrich.precision import measure
+
+    monkeypatch.setenv("ENRICH_CACHE", str(tmp_path))
+    calls = []
+
+    def candidate(name, seconds, output):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+            return output
+        return run
+
+    candidates = {"fp32": candidate("fp32", 0.02, 1.0), "bf16": candidate("bf16", 0.005, 1.0001)}
+    first = measure("stage", "model", candidates, 10, lambda ref, got: abs(ref - got) < 0.01)
+    assert first.chosen == "bf16" and first.reason == "measured" and first.per_s["bf16"] > first.per_s["fp32"]
+    count = len(calls)
+    again = measure("stage", "model", candidates, 10, lambda ref, got: abs(ref - got) < 0.01)
+    assert again.chosen == "bf16" and again.reason == "cached" and len(calls) == count  # not measured again
+    other = measure("stage", "another model", candidates, 10, lambda ref, got: False)
+    assert other.chosen == "fp32"  # bf16 disagreed for that one
 
 
 def test_encoding_in_chunks_gives_the_same_vectors(encoder):

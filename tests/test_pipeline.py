@@ -389,16 +389,15 @@ def test_update_says_to_rebuild_once_much_of_the_index_has_changed(sample, sampl
 
 def test_an_index_built_in_one_precision_updates_and_rebuilds_in_another_without_re_embedding(sample, sample_columns, tmp_path,
                                                                                    monkeypatch):
-    """Built where bf16 is not native (fp32 vectors), updated where it is: the same listings, not all changed."""
-    import enrich.precision
+    """Built where fp32 is chosen, updated where bf16 is: the same listings, not all changed."""
     from enrich.index.update import update_index
 
     reference = pl.read_csv(sample["reference"], infer_schema=False)
     reference.head(60).write_csv(tmp_path / "before.csv")
     reference.head(65).write_csv(tmp_path / "after.csv")
-    monkeypatch.setattr(enrich.precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setenv("ENRICH_PRECISION", "fp32")
     build_index(tmp_path / "before.csv", tmp_path / "index", sample_columns, progress=False)
-    monkeypatch.setattr(enrich.precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv("ENRICH_PRECISION", "bf16")
     summary = update_index(tmp_path / "after.csv", tmp_path / "index", sample_columns, progress=False)
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert summary.reused_embeddings == 60 and manifest["updates"][-1]["added"] == 5

@@ -18,7 +18,6 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
-from enrich.catalog import Columns
 from enrich.cli import main
 from enrich.serve.app import create_app, is_loopback
 from enrich.serve.workbench import ServeConfig

@@ -39,8 +39,8 @@ from enrich.catalog.decisions import apply_decisions, read_decisions
 from enrich.category.calibration import expected_calibration_error, fit_temperature
 from enrich.category.catalog_tags import best_tag_threshold, tag_counts, tag_metrics
 from enrich.category.tagger import TAG_PREFIX, Hierarchy, Tagger
-from enrich.embed import packaged_model_path
-from enrich.precision import cpu_has_native_bf16
+from enrich.embed import model_fingerprint, packaged_model_path
+from enrich.precision import Measured, measure, workload
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -68,7 +68,7 @@ class FinetuneConfig:
     tag_threshold: float | None = None  # a tag is predicted when its probability reaches this; None: chosen on validation
     decision_weight: int = 3  # with --decisions: a listing the team decided counts this many times in training (gold)
     seed: int = 0
-    mixed_precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else no
+    mixed_precision: str = "auto"  # no | bf16 | fp16; auto: bf16 on CUDA, on a CPU the faster of no and bf16 (measured)
 
 
 def training_data(catalog: str | Path, columns: Columns, config: FinetuneConfig,
@@ -93,10 +93,29 @@ def training_data(catalog: str | Path, columns: Columns, config: FinetuneConfig,
     return train, validation
 
 
-def _mixed_precision(setting: str) -> str:
+def mixed_precision(setting: str, base: str, tokenizer, num_labels: int, max_length: int) -> Measured:
+    """The mixed precision to train in: as set, bf16 on a GPU, or on a CPU the faster of none and bf16 at a training
+    step (forward and backward) on a fixed batch, where its loss is finite."""
     if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
+        return Measured(setting, "asked for")
+    if torch.cuda.is_available():
+        return Measured("bf16", "the GPU's default")
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=num_labels, local_files_only=True)
+    batch = tokenizer(workload(32), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    labels = torch.zeros(32, dtype=torch.long)
+
+    def step(enabled: bool):
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            loss.backward()
+            model.zero_grad()
+            return float(loss)
+        return run
+
+    return measure("finetune", f"{model_fingerprint(base)}|{num_labels}|{max_length}", {"no": step(False), "bf16": step(True)},
+                   32, lambda reference, loss: np.isfinite(loss))
 
 
 class HierarchicalLoss(torch.nn.Module):
@@ -209,17 +228,18 @@ class Training:
         self.out_dir, self.targets, self.config, self.progress = out_dir, targets, config, progress
         self.provenance = provenance  # the catalog and columns it was trained on, for tagger.json
         self.train_rows, self.checkpoints = train.height, out_dir / CHECKPOINTS
+        base = config.base_model or packaged_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+        self.precision = mixed_precision(config.mixed_precision, base, self.tokenizer, len(targets.outputs), config.max_length)
         # split_batches: each process takes its share of one batch, so the number of optimizer steps, and with it the
         # learning-rate schedule, does not depend on how many processes there are.
-        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), cpu=not torch.cuda.is_available(),
+        self.accelerator = Accelerator(mixed_precision=self.precision.chosen, cpu=not torch.cuda.is_available(),
                                        dataloader_config=DataLoaderConfiguration(split_batches=True))
         processes = self.accelerator.num_processes
         if config.batch_size % processes:
             raise ValueError(f"--batch-size {config.batch_size} cannot be split across {processes} processes: "
                              f"use a multiple of {processes}")
         set_seed(config.seed)
-        base = config.base_model or packaged_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
         outputs = targets.outputs
         model = AutoModelForSequenceClassification.from_pretrained(
             base, num_labels=len(outputs), id2label=dict(enumerate(outputs)), label2id={o: i for i, o in enumerate(outputs)},
@@ -326,6 +346,7 @@ class Training:
             "epochs_run": self.state["epoch"],
             "optimizer_steps": self.state["optimizer_steps"],
             "processes": accelerator.num_processes,
+            "mixed_precision": asdict(self.precision),
             "train_rows": self.train_rows,
             "seconds": round(time.perf_counter() - started, 1),
             "history": self.state["history"],
@@ -339,7 +360,8 @@ class Training:
         info = {"config": asdict(config), "base_model": "all-MiniLM-L6-v2" if config.base_model is None else config.base_model,
                 "temperature": temperature, "metrics": metrics, "label_counts": self.targets.label_counts,
                 "tag_labels": self.targets.tag_labels, "tag_threshold": tag_threshold, "tag_counts": self.targets.tag_counts,
-                "mixed_precision": accelerator.mixed_precision, **self.provenance}
+                "mixed_precision": accelerator.mixed_precision, "mixed_precision_choice": asdict(self.precision),
+                **self.provenance}
         if accelerator.is_main_process:
             Tagger(best.cpu(), self.tokenizer, info).save(self.out_dir)
         accelerator.wait_for_everyone()

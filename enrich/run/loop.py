@@ -78,7 +78,8 @@ def enrich(new_path: str | Path, out_path: str | Path, index_dir: str | Path | N
             write_json(Path(str(out_path) + ".manifest.json"), {
                 "written_at": now(), "input": str(new_path), **index_source, "columns": asdict(columns),
                 "config": asdict(config), "part_rows": part_rows, "encoder": encoder.identity(),
-                "tagger": {"path": str(tagger_dir), **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
+                "tagger": {"path": str(tagger_dir), "precision": asdict(tagger.precision),
+                           **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
                 "packages": package_versions(), "describe": describer.manifest() if describer else None,
                 "engine": asdict(engine), "summary": asdict(summary)})
         except Exception:  # an error would recur with the same arguments; after a kill or Ctrl-C the parts resume
