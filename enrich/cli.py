@@ -132,7 +132,8 @@ def _run(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str
 def _finetune(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
     from accelerate import PartialState
 
-    from enrich.category.finetune import config_from, finetune
+    from enrich.category.finetune import finetune
+    from enrich.flags import config_from
 
     quiet_hugging_face()  # again, now that fine-tuning has imported `datasets`
     metrics = finetune(args.catalog, args.out, columns, config_from(args), progress=progress, decisions=args.decisions)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
+
+from enrich.category.finetune import FinetuneConfig
 
 from enrich.llm.taxonomy import TaxonomyConfig
 
@@ -134,8 +137,6 @@ def _finetune_parser(commands, quiet: argparse.ArgumentParser) -> None:
     finetune.add_argument("--decisions", metavar="FILE", help="the team's decisions (`enrich review export`): trained on as gold")
     finetune.add_argument("--out", required=True, help="model folder (safetensors, labels, config, metrics); resumes if it holds a checkpoint")
     column_flags(finetune)
-    from enrich.category.finetune import add_config_flags
-
     add_config_flags(finetune)
 
 
@@ -189,3 +190,16 @@ def parser() -> argparse.ArgumentParser:
     _review_parser(commands, quiet)
     _explain_parser(commands, quiet)
     return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per FinetuneConfig field, defaults from the dataclass."""
+    group = parser.add_argument_group("training (FinetuneConfig)")
+    for f in fields(FinetuneConfig):
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default: {f.default}")
+
+
+def config_from(args: argparse.Namespace) -> FinetuneConfig:
+    chosen = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if getattr(args, f.name, None) is not None}
+    return FinetuneConfig(**chosen)

@@ -88,7 +88,7 @@ def test_the_tags_benchmark_reads_age_bands_and_facts_from_amazon_technical_deta
 
 
 def test_label_agreement_compares_each_listing_with_its_nearest_labelled_reference_listing():
-    from benchmarks.bench import label_agreement
+    from benchmarks.agreement import label_agreement
 
     # candidates in similarity order; the first of listing 1 has no category, so its nearest labelled one is second
     candidates = np.array([["A", "B"], [None, "B"], ["A", "A"], ["C", "A"]], dtype=object)
@@ -102,7 +102,7 @@ def test_label_agreement_compares_each_listing_with_its_nearest_labelled_referen
 
 
 def test_engagement_agreement_scores_the_nearest_listing_and_the_prior_by_similarity():
-    from benchmarks.bench import engagement_agreement
+    from benchmarks.agreement import engagement_agreement
 
     truth = np.array([1.0, 5.0, 9.0, 2.0, 7.0, 3.0, np.nan])
     nearest = np.array([2.0, 4.0, 8.0, 9.0, 1.0, 5.0, 1.0])  # agrees on the first three, is reversed on the rest

@@ -17,10 +17,9 @@ where there are tags); a checkpoint after every epoch that a killed run resumes 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -395,16 +394,3 @@ def _predict(model, loader, accelerator: Accelerator) -> tuple[np.ndarray, np.nd
         if tag_targets is not None:
             tags.append(accelerator.gather_for_metrics(tag_targets).cpu().numpy())
     return np.concatenate(logits), np.concatenate(labels), np.concatenate(tags) if tags else None
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per FinetuneConfig field, defaults from the dataclass."""
-    group = parser.add_argument_group("training (FinetuneConfig)")
-    for f in fields(FinetuneConfig):
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default: {f.default}")
-
-
-def config_from(args: argparse.Namespace) -> FinetuneConfig:
-    chosen = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if getattr(args, f.name, None) is not None}
-    return FinetuneConfig(**chosen)
