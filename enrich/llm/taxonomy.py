@@ -31,8 +31,9 @@ SHIPPED = Path(__file__).parent / "taxonomy_data" / "shopify_categories.tsv"
 class TaxonomyConfig:
     candidates: int = 8  # categories retrieved by embedding, among which the model chooses
     # Weight of the listing's whole text (title, brand and description) beside its title and brand alone in the
-    # retrieval query: a description can say anything, including what category to pick.
-    text_weight: float = 1.0
+    # retrieval query: a description can say anything, including what category to pick, so the title keeps a
+    # share of the query that repeated instructions in a description cannot outweigh.
+    text_weight: float = 2.0
     # Weight of the listing's own category path (given, or predicted by `enrich run`) beside its text in the
     # retrieval query: a merchant's category path reads like a taxonomy path, which a title does not. 0: text alone.
     category_weight: float = 0.5
