@@ -1,6 +1,7 @@
 """`enrich serve`: the enrichment API and the review pages through FastAPI's test client, then the real server over
 HTTP: a kill -9 while decisions are saved, a bounded load, and a reviewer's session in a real headless browser."""
 
+import asyncio
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from enrich.cli import main
 from enrich.serve.app import create_app, is_loopback
-from enrich.serve.workbench import ServeConfig
+from enrich.serve.workbench import Batcher, ServeConfig
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -80,6 +81,33 @@ def test_concurrent_requests_share_batches_and_get_what_they_would_alone(client)
             "listings": [{"id": str(it[0]), "title": it[1]}]}).json()["listings"][0], enumerate(titles)))
     assert together == alone  # the same numbers whichever requests shared a batch
     assert batcher.batches - before < len(titles)
+
+
+def test_requests_that_queued_while_the_models_were_busy_do_not_wait_again():
+    """The batcher's wait counts from a request's arrival: what queued during a long batch goes in as soon as it ends."""
+    sizes = []
+
+    class SlowModels:
+        def enrich_requests(self, requests):
+            sizes.append(len(requests))
+            time.sleep(0.6)
+            return [[{"id": r[0]["id"]}] for r in requests]
+
+    async def scenario():
+        batcher = Batcher(SlowModels(), max_listings=100, wait_ms=300)
+        batcher.start()
+        first = asyncio.create_task(batcher.enrich([{"id": "a"}]))
+        await asyncio.sleep(0.35)  # the first batch left at 0.3 s and is in the models until 0.9 s
+        started = time.perf_counter()
+        later = await asyncio.gather(batcher.enrich([{"id": "b"}]), batcher.enrich([{"id": "c"}]))
+        waited = time.perf_counter() - started
+        await first
+        await batcher.stop()
+        return later, waited
+
+    later, waited = asyncio.run(scenario())
+    assert later == [[{"id": "b"}], [{"id": "c"}]] and sizes == [1, 2]
+    assert waited < 0.55 + 0.6 + 0.15  # the first batch's remaining 0.55 s, then theirs; waiting again would add 0.3 s
 
 
 def test_pages_need_the_token_and_forms_need_their_csrf_token(client):

@@ -72,8 +72,9 @@ class Batcher:
 
     async def enrich(self, records: list[dict]) -> list[dict]:
         """The output contract's rows for one request's listings, or `Refused` naming those that cannot be enriched."""
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((records, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        await self.queue.put((records, future, loop.time()))
         return await future
 
     async def _run(self) -> None:
@@ -81,20 +82,27 @@ class Batcher:
         while True:
             waiting = [await self.queue.get()]
             size = len(waiting[0][0])
-            deadline = loop.time() + self.wait
+            # The wait counts from the first request's arrival: requests that queued while the models were busy go
+            # in at once, with the others already queued, instead of waiting again.
+            deadline = waiting[0][2] + self.wait
             while size < self.max_listings:
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    if loop.time() >= deadline:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        break
                 waiting.append(item)
                 size += len(item[0])
             try:
-                answers = await loop.run_in_executor(self.executor, self.workbench.enrich_requests, [r for r, _ in waiting])
+                answers = await loop.run_in_executor(self.executor, self.workbench.enrich_requests, [r for r, _, _ in waiting])
             except Exception as error:  # every waiting request hears of it; the batcher goes on
                 answers = [error] * len(waiting)
             self.batches, self.listings = self.batches + 1, self.listings + size
-            for (_, future), answer in zip(waiting, answers):
+            for (_, future, _), answer in zip(waiting, answers):
                 if future.done():
                     continue
                 if isinstance(answer, Exception):
