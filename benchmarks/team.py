@@ -96,7 +96,9 @@ def markdown_rows(m: dict, team: dict) -> list[str]:
     lines = [f"| hierarchical precision / recall / F1 of the predicted path | {f(h['precision'])} / {f(h['recall'])} / "
              f"**{f(h['f1'])}** | | >= 0.85 (F1) |"]
     if a and policy:
-        lines += [f"| accepted at full depth (target precision {policy['target_precision']:g}, thresholds chosen on "
+        held_to = f"{policy['target_precision']:g}" + (f" with {policy['confidence']:.0%} confidence" if policy.get("confidence")
+                                                        else " on average")
+        lines += [f"| accepted at full depth (target precision {held_to}, thresholds chosen on "
                   f"{policy['metrics']['calibration']['listings']} calibration listings: "
                   f"{policy['metrics']['calibration']['source']}): share; precision | **{f(a['accepted_share'])}**; "
                   f"**{f(a['accepted_precision'])}** | | >= 0.75 at >= 0.90 |",

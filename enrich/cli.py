@@ -97,7 +97,8 @@ def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[s
     if args.delete_missing and not args.update:
         raise CatalogError("--delete-missing goes with --update")
     check_output_path(args.out, inputs=(args.reference,), folder=True)
-    config = EnrichConfig(acceptance=AcceptanceConfig(target_precision=args.accept_precision))
+    config = EnrichConfig(acceptance=AcceptanceConfig(target_precision=args.accept_precision,
+                                                      confidence=args.accept_confidence or None))
     if args.update:
         summary = update_index(args.reference, args.out, columns, progress=progress, delete_missing=args.delete_missing,
                                max_delete_share=args.max_delete, decisions=args.decisions)

@@ -29,6 +29,17 @@ def test_the_policy_accepts_as_deep_as_calibration_reaches_the_target_precision(
     assert policy.decide("A > B", [0.2, 0.3])[1] is True and policy.decide(None, []) == (None, True)
 
 
+def test_a_promised_precision_needs_enough_calibration_listings_behind_it():
+    def fit(top: int, confidence: float | None) -> AcceptancePolicy:
+        """`top` predictions right at a high score, then 80 right half the time at a low one."""
+        truth = ["A"] * top + ["A", "B"] * 40
+        return AcceptancePolicy.fit([[0.95]] * top + [[0.4]] * 80, ["A"] * len(truth), truth, 0.9, confidence)
+
+    assert fit(20, None).thresholds[0] == 1.0  # on average, 20 right of 20 clear 0.9
+    assert fit(20, 0.9).thresholds[0] is None  # but cannot show it with 90% confidence: the lower bound is 0.89
+    assert fit(40, 0.9).thresholds[0] == 1.0 and fit(40, 0.9).confidence == 0.9  # 40 of 40 can: 0.94
+
+
 def test_the_teams_measures_credit_ancestors_and_count_what_was_accepted():
     h = hierarchical_scores(["A > B > C", "A > X"], ["A > B > D", "A > X"])
     assert h["precision"] == pytest.approx(4 / 5) and h["recall"] == pytest.approx(4 / 5)
@@ -39,9 +50,14 @@ def test_the_teams_measures_credit_ancestors_and_count_what_was_accepted():
 
 
 def test_a_run_says_what_can_be_accepted(sample_index, sample, tmp_path, capsys):
-    folder, _ = sample_index
+    manifest = json.loads((sample_index[0] / "manifest.json").read_text())
+    assert manifest["acceptance"]["target_precision"] == 0.9 and manifest["acceptance"]["confidence"] == 0.9
+    # The sample's 200 calibration listings are too few to promise 0.9 with confidence; on average they can say 0.8.
+    folder = tmp_path / "index"
+    assert main(["index", str(sample["reference"]), "--out", str(folder), "--columns", str(sample["columns"]),
+                 "--accept-precision", "0.8", "--accept-confidence", "0", "--quiet"]) == 0
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["acceptance"]["target_precision"] == 0.9 and manifest["acceptance"]["metrics"]["calibration"]["listings"] > 50
+    assert manifest["acceptance"]["confidence"] is None and manifest["acceptance"]["metrics"]["calibration"]["listings"] > 50
     code = main(["run", str(sample["new"]), "--index", str(folder), "--out", str(tmp_path / "out.parquet"),
                  "--columns", str(sample["columns"]), "--quiet"])
     assert code == 0, capsys.readouterr().err

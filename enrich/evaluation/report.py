@@ -52,7 +52,8 @@ def to_markdown(m: dict) -> str:
         lines.append(f"Accepted at full depth: {_f(a['accepted_share'])} of listings, right {_f(a['accepted_precision'])}; "
                      f"with backoff a level is kept for {_f(a['backoff_kept_share'])}, right {_f(a['backoff_precision'])}, "
                      f"keeping {_f(a['depth_kept_share'])} of the true depth (target precision "
-                     f"{team['policy']['target_precision']:g}).")
+                     f"{team['policy']['target_precision']:g}"
+                     f"{' with {:.0%} confidence'.format(team['policy']['confidence']) if team['policy'].get('confidence') else ''}).")
     buckets = m["buckets"]
     lines += ["", f"Buckets by true engagement: head >= {buckets['head_at_least']:g}, tail <= {buckets['tail_at_most']:g}.", "",
               "**Neighbours**", "", f"| | same-leaf precision@{k} |", "|---|---|"]

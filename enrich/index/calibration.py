@@ -25,9 +25,17 @@ class AcceptanceConfig:
     """How the acceptance policy is fitted at index build."""
 
     target_precision: float = 0.9  # accepted paths (and backed-off levels) must be right this often
+    # ... with this confidence on the calibration split (the precision's lower bound); None: on average there
+    confidence: float | None = 0.9
     calibration_rows: int = 2000  # reference listings held out of the category model to fit the policy on
     calibration_share: float = 0.2  # at most this share of the labelled listings: the model must still learn from the rest
     seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.target_precision < 1:
+            raise ValueError(f"the precision to accept at must be between 0 and 1, not {self.target_precision}")
+        if self.confidence is not None and not 0 < self.confidence < 1:
+            raise ValueError(f"the confidence of the acceptance precision must be between 0 and 1, not {self.confidence}")
 
 
 def calibration_rows(ok: pl.DataFrame, tagger: Tagger | None, config: AcceptanceConfig) -> tuple[np.ndarray, str]:
@@ -63,6 +71,7 @@ def fit_acceptance(ok: pl.DataFrame, neighbors: NeighborIndex, lexical_matrix: s
         classifiers.append(ClassifierScores(tagger.labels, tagger.probabilities(listing_texts(ok[rows])), source="tagger"))
     positions, sims = neighbors.search_excluding_self(neighbors.vectors(rows), min(candidates, len(ok) - 1), labels=rows)
     votes = vote(categories[positions], sims, vote_config, classifiers)
-    policy = AcceptancePolicy.fit(votes.level_scores, votes.category, categories[rows].tolist(), config.target_precision)
+    policy = AcceptancePolicy.fit(votes.level_scores, votes.category, categories[rows].tolist(), config.target_precision,
+                                  config.confidence)
     policy.metrics["calibration"] = {"listings": int(len(rows)), "source": source}
     return policy
