@@ -10,7 +10,6 @@ Writes out/bench.{md,json} and the catalog section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from sklearn.linear_model import RidgeCV
 
 from benchmarks.agreement import engagement_agreement, label_agreement
 from benchmarks.common import AMAZON, AMAZON_COLUMNS, DEFAULT_CATALOG, gpu_name, machine, rho
-from benchmarks.docs import update_section
+from benchmarks.docs import publish, update_section
 from benchmarks.team import markdown_rows, team_view
 from enrich.catalog import listing_texts, load_catalog
 from enrich.category.finetune import FinetuneConfig, finetune, training_data
@@ -348,13 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import llm
 
         llm.main(["--catalog", str(args.catalog), "--out", str(args.out)] + (["--no-docs"] if args.no_docs else []))
-    args.out.mkdir(parents=True, exist_ok=True)
     results = benchmark(args.catalog, args.seed, with_tagger=not args.no_tagger)
     table = to_markdown(results)
-    (args.out / "bench.json").write_text(json.dumps(results, indent=1))
-    (args.out / "bench.md").write_text(table + "\n")
     print(f"\nmachine: {results['machine']}; catalog {results['catalog']}, 80/20 split, seed {results['seed']}\n")
-    print(table)
+    publish(args.out, "bench", results, table)
     simulation = simulation_markdown(results["team"]["simulation"])
     (args.out / "simulate.md").write_text(simulation + "\n")
     if not args.no_docs:

@@ -4,6 +4,7 @@ machine and the command that reproduces it."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 from pathlib import Path
@@ -25,3 +26,11 @@ def update_section(name: str, table: str, command: str, machine: str, doc: Path 
     body = f"Measured {date.today().isoformat()} on {machine}, with `{command}`:\n\n{table.strip()}\n"
     write_text(doc, pattern.sub(lambda m: m.group(1) + body + m.group(2), text))
     return True
+
+
+def publish(out: Path, stem: str, results, table: str) -> None:
+    """A benchmark's results as out/STEM.json, its table as out/STEM.md, and the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{stem}.md").write_text(table + "\n")
+    print(table)

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.common import AMAZON, DEFAULT_CATALOG, TEST_DATA, machine
-from benchmarks.docs import update_section
+from benchmarks.docs import publish, update_section
 from enrich.catalog import listing_texts, load_catalog, without_placeholder_category
 from enrich.cli import quiet_hugging_face
 from enrich.embed import Encoder
@@ -253,12 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     quiet_hugging_face()
-    args.out.mkdir(parents=True, exist_ok=True)
     results = llm_benchmark(catalog=args.catalog)
     table = llm_markdown(results)
-    (args.out / "bench-llm.json").write_text(json.dumps(results, indent=1))
-    (args.out / "bench-llm.md").write_text(table + "\n")
-    print(table)
+    publish(args.out, "bench-llm", results, table)
     if not args.no_docs:
         update_section("llm", table, "make bench-llm", machine(Encoder()))
     return 0

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.common import AMAZON, AMAZON_COLUMNS, DEFAULT_CATALOG
+from benchmarks.docs import publish
 
 # Runs the CLI in this process and reports its own peak memory on the last line of stderr.
 _MEASURED = ("import resource, sys; from enrich.cli import main; code = main(sys.argv[1:]); "
@@ -102,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out"))
     args = parser.parse_args(argv)
     rows = scale(args.catalog, [int(s) for s in args.sizes.split(",")], args.new, args.added, args.index_only)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "scale-index" if args.index_only else "scale"
-    (args.out / f"{name}.json").write_text(json.dumps(rows, indent=1))
-    (args.out / f"{name}.md").write_text(to_markdown(rows) + "\n")
-    print(to_markdown(rows))
+    publish(args.out, "scale-index" if args.index_only else "scale", rows, to_markdown(rows))
     return 0
 
 

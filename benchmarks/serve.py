@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.common import AMAZON, AMAZON_COLUMNS, DEFAULT_CATALOG, machine
-from benchmarks.docs import update_section
+from benchmarks.docs import publish, update_section
 from benchmarks.scale import synthesize
 from enrich.cli import main as enrich
 from enrich.cli import quiet_hugging_face
@@ -35,20 +34,27 @@ FLAGS = ["--id-col", AMAZON.id, "--title-col", AMAZON.title, "--brand-col", AMAZ
          "--category-col", AMAZON.category, "--engagement-col", AMAZON.engagement]
 
 
-def start(index: Path, db: Path) -> tuple[subprocess.Popen, str]:
+def start(index: Path, db: Path, *flags: str, token: str = TOKEN, wait_s: float = 120) -> tuple[subprocess.Popen, str]:
+    """`enrich serve` on a free loopback port in a process group of its own (stop it with os.killpg), once its health
+    check answers; its stderr goes to DB.log, whose tail is the error if it exits before."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "enrich", "serve", "--index", str(index), "--db", str(db),
-                               "--port", str(port), "--token", TOKEN], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = Path(f"{db}.log")
+    with open(log, "wb") as stderr:
+        server = subprocess.Popen([sys.executable, "-m", "enrich", "serve", "--index", str(index), "--db", str(db),
+                                   "--port", str(port), "--token", token, *flags], start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
                 return server, url
         except httpx.HTTPError:
             time.sleep(0.1)
+        if server.poll() is not None:
+            raise RuntimeError(log.read_text(errors="replace")[-2000:])
     raise RuntimeError("the server did not start")
 
 
@@ -184,11 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="enrich-serve-") as tmp:
         results = benchmark(args.catalog, Path(tmp))
-    args.out.mkdir(parents=True, exist_ok=True)
     table = to_markdown(results)
-    (args.out / "bench-serve.json").write_text(json.dumps(results, indent=1))
-    (args.out / "bench-serve.md").write_text(table + "\n")
-    print(table)
+    publish(args.out, "bench-serve", results, table)
     if not args.no_docs:
         update_section("serve", table, "make bench-serve", machine(Encoder()))
     return 0

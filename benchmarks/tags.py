@@ -5,7 +5,6 @@ regression. Writes out/bench-tags.{md,json} and the tags section of docs/benchma
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from sklearn.metrics import f1_score
 from sklearn.multiclass import OneVsRestClassifier
 
 from benchmarks.common import DESCRIPTIONS, machine
-from benchmarks.docs import update_section
+from benchmarks.docs import publish, update_section
 from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.category.catalog_tags import best_tag_threshold, micro_scores
 from enrich.category.finetune import FinetuneConfig, finetune, training_data
@@ -121,12 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if not DESCRIPTIONS.exists():
         print(f"bench: {DESCRIPTIONS} not found (the shared data folder is needed for the benchmark)", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     results = tags_benchmark(seed=args.seed)
     table = tags_markdown(results)
-    (args.out / "bench-tags.json").write_text(json.dumps(results, indent=1))
-    (args.out / "bench-tags.md").write_text(table + "\n")
-    print(table)
+    publish(args.out, "bench-tags", results, table)
     if not args.no_docs:
         update_section("tags", table, "make bench-tags", machine(Encoder()))
     return 0

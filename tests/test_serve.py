@@ -5,10 +5,8 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +17,7 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.serve import start
 from enrich.cli import main
 from enrich.serve.app import create_app, is_loopback
 from enrich.serve.workbench import Batcher, ServeConfig
@@ -157,27 +156,8 @@ def test_a_batch_is_reviewed_in_the_pages_with_its_fields_escaped(client, sample
         db.execute("UPDATE decisions SET after = 'x'")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(index: Path, db: Path, columns: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "enrich", "serve", "--index", str(index), "--db", str(db), "--port",
-                               str(port), "--token", TOKEN, "--columns", str(columns)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if server.poll() is not None:
-            raise RuntimeError(server.stderr.read().decode()[-2000:])
-    raise RuntimeError("the server did not start")
+    return start(index, db, "--columns", str(columns), token=TOKEN, wait_s=60)
 
 
 @pytest.fixture
