@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 
 from enrich.catalog import Columns
 from enrich.embed import Encoder
-from enrich.precision import dtype_name
+from enrich.precision import cpu_flags, cpu_model, dtype_name
 from enrich.sample import AMAZON_COLUMNS  # noqa: F401  (re-exported for the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,16 +32,8 @@ def gpu_name() -> str | None:
 
 def cpu() -> dict:
     """The CPU's model name, the instruction sets that decide which precision is fast, and torch's threads."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    flags = cpu_flags()
+    return {"model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
