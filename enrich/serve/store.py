@@ -41,6 +41,15 @@ CREATE TRIGGER IF NOT EXISTS decisions_are_append_only_delete BEFORE DELETE ON d
 ACTIONS = ("accept", "pick", "type", "conflict", "bulk")  # how the `after` path was chosen
 SOURCES = ("queue", "conflict", "bulk")  # where in the workbench it was chosen
 PAGE = 50
+# A listing of a batch that has a decision (the queries alias listings as `l`).
+DECIDED = "EXISTS (SELECT 1 FROM decisions d WHERE d.batch = l.batch AND d.listing = l.id)"
+INSERT_DECISION = ("INSERT INTO decisions (batch, listing, before, after, action, who, at, source)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _check(action: str, source: str) -> None:
+    if action not in ACTIONS or source not in SOURCES:
+        raise ValueError(f"unknown action {action!r} or source {source!r}")
 
 
 def review_priority(status: str, category_score: float | None, exposure_prior: float | None, given: bool) -> float:
@@ -127,11 +136,10 @@ class Store:
     def queue(self, batch: int, f: QueueFilter) -> tuple[list[dict], int]:
         """A page of the batch's listings, most worth reviewing first, with their latest decision; and how many match."""
         where, args = ["l.batch = ?", "l.status = 'ok'"], [batch]
-        decided = "EXISTS (SELECT 1 FROM decisions d WHERE d.batch = l.batch AND d.listing = l.id)"
         if f.state == "pending":
-            where.append(f"NOT {decided}")
+            where.append(f"NOT {DECIDED}")
         elif f.state == "decided":
-            where.append(decided)
+            where.append(DECIDED)
         if f.top:
             where.append("(l.category = ? OR l.category LIKE ?)")
             args += [f.top, f.top + " > %"]
@@ -169,10 +177,9 @@ class Store:
     def next_pending(self, batch: int, after_priority: float, after_row: int) -> int | None:
         """The next listing of the queue's default order that has no decision yet, after the one given."""
         with self.connect() as db:
-            found = db.execute("""
+            found = db.execute(f"""
                 SELECT l.row FROM listings l WHERE l.batch = ? AND l.status = 'ok'
-                  AND (l.priority < ? OR (l.priority = ? AND l.row > ?))
-                  AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.batch = l.batch AND d.listing = l.id)
+                  AND (l.priority < ? OR (l.priority = ? AND l.row > ?)) AND NOT {DECIDED}
                 ORDER BY l.priority DESC, l.row LIMIT 1""", (batch, after_priority, after_priority, after_row)).fetchone()
         return found[0] if found else None
 
@@ -180,28 +187,26 @@ class Store:
     def decide(self, batch: int | None, listing: str, before: str | None, after: str, action: str, who: str,
                source: str) -> int:
         """Record one decision; returns its sequence number once it is on disk."""
-        if action not in ACTIONS or source not in SOURCES:
-            raise ValueError(f"unknown action {action!r} or source {source!r}")
+        _check(action, source)
         with self.connect() as db:
-            return db.execute("INSERT INTO decisions (batch, listing, before, after, action, who, at, source)"
-                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (batch, listing, before, after, action, who, now(), source)).lastrowid
+            return db.execute(INSERT_DECISION, (batch, listing, before, after, action, who, now(), source)).lastrowid
 
     def decide_many(self, rows: list[tuple], who: str, source: str, action: str) -> int:
         """Several decisions in one transaction: (batch, listing, before, after) each."""
+        _check(action, source)
         with self.connect() as db:
             db.execute("BEGIN")
-            db.executemany("INSERT INTO decisions (batch, listing, before, after, action, who, at, source)"
-                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*r, action, who, now(), source) for r in rows])
+            db.executemany(INSERT_DECISION, [(*r, action, who, now(), source) for r in rows])
             db.execute("COMMIT")
         return len(rows)
 
     def bulk_accept(self, batch: int, min_score: float, who: str) -> int:
         """Accept every pending listing of the batch whose category score reaches `min_score`."""
         with self.connect() as db:
-            rows = db.execute("""
+            rows = db.execute(f"""
                 SELECT l.batch, l.id, l.category, l.category FROM listings l
                 WHERE l.batch = ? AND l.status = 'ok' AND l.category IS NOT NULL AND l.category_score >= ?
-                  AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.batch = l.batch AND d.listing = l.id)""",
+                  AND NOT {DECIDED}""",
                               (batch, min_score)).fetchall()
         return self.decide_many([tuple(r) for r in rows], who, "bulk", "bulk")
 
