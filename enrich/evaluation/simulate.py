@@ -77,8 +77,8 @@ def simulate(truth_engagement: np.ndarray, priors: dict[str, np.ndarray], eviden
     for exponent in config.exponents:
         truth = conversion(truth_engagement, top, exponent, config)
         for budget in config.budgets:
-            policies = {"oracle": ("oracle", None), "random": ("random", None),
-                        "thompson, flat prior": ("thompson", (np.ones_like(truth), np.ones_like(truth)))}
+            flat = (np.ones_like(truth), np.ones_like(truth))  # what the oracle and random ignore
+            policies = {"oracle": ("oracle", flat), "random": ("random", flat), "thompson, flat prior": ("thompson", flat)}
             for name, estimate in priors.items():
                 strength = config.strength * evidence if name == "enrich" else np.full(len(truth), mean_strength)
                 prior = beta_prior(estimate, strength, top, exponent, config)
@@ -89,8 +89,7 @@ def simulate(truth_engagement: np.ndarray, priors: dict[str, np.ndarray], eviden
                 runs = []
                 for repeat in range(config.repeats):
                     rng = np.random.default_rng([config.seed, repeat, budget, int(exponent * 100)])
-                    alpha, beta = prior if prior is not None else (np.ones_like(truth), np.ones_like(truth))
-                    converted, shown = run_policy(kind, truth, alpha, beta, budget, config, rng)
+                    converted, shown = run_policy(kind, truth, *prior, budget, config, rng)
                     runs.append((converted, float(np.mean(shown[top_decile] >= config.useful))))
                 results[policy] = {"conversions": float(np.mean([r[0] for r in runs])),
                                    "top_decile_reached": float(np.mean([r[1] for r in runs]))}
