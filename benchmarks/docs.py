@@ -4,13 +4,12 @@ machine and the command that reproduces it."""
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import date
 from pathlib import Path
 
 from benchmarks.common import ROOT
-from enrich.files import write_text
+from enrich.files import write_json, write_text
 
 BENCHMARKS_DOC = ROOT / "docs" / "benchmarks.md"
 
@@ -31,6 +30,6 @@ def update_section(name: str, table: str, command: str, machine: str, doc: Path 
 def publish(out: Path, stem: str, results, table: str) -> None:
     """A benchmark's results as out/STEM.json, its table as out/STEM.md, and the table printed."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    (out / f"{stem}.md").write_text(table + "\n")
+    write_json(out / f"{stem}.json", results)
+    write_text(out / f"{stem}.md", table + "\n")
     print(table)

@@ -13,6 +13,7 @@ import ipaddress
 import secrets
 import sys
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -101,7 +102,7 @@ def serve(config: ServeConfig) -> None:
     if not is_loopback(config.host) and not config.token:
         raise ValueError(f"--host {config.host} is reachable from other machines: give it a --token (or ENRICH_TOKEN)")
     token = config.token or secrets.token_urlsafe(24)
-    app = create_app(ServeConfig(**{**config.__dict__, "token": token}))
+    app = create_app(replace(config, token=token))
     print(f"enrich serve: http://{config.host}:{config.port}/?token={token}  (API: Authorization: Bearer {token})",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", loop="uvloop", http="httptools")
