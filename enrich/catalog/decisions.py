@@ -34,14 +34,20 @@ def read_decisions(path: str | Path) -> pl.DataFrame:
             .select(pl.col("listing").cast(pl.String).alias("id"), pl.col("after").alias("category"), "title", "brand", "text"))
 
 
+def relabel(frame: pl.DataFrame, decisions: pl.DataFrame, among: pl.Expr) -> pl.DataFrame:
+    """`frame` with the decided category of each listing that `among` selects and the decisions name."""
+    decided = dict(zip(decisions["id"].to_list(), decisions["category"].to_list()))
+    return frame.with_columns(pl.when(among & pl.col("id").is_in(list(decided)))
+                              .then(pl.col("id").replace_strict(decided, default=None))
+                              .otherwise(pl.col("category")).alias("category"))
+
+
 def apply_decisions(frame: pl.DataFrame, decisions: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
     """A standard frame with the decided categories: its own listings relabelled, the others it lacks appended as
     labelled listings without engagement. Returns the counts of each."""
-    decided = dict(zip(decisions["id"].to_list(), decisions["category"].to_list()))
-    relabel = (pl.col("status") == "ok") & pl.col("id").is_in(list(decided))
-    relabelled = int(frame.select(relabel.sum()).item())
-    frame = frame.with_columns(pl.when(relabel).then(pl.col("id").replace_strict(decided, default=None))
-                               .otherwise(pl.col("category")).alias("category"))
+    ok = pl.col("status") == "ok"
+    relabelled = int(frame.select((ok & pl.col("id").is_in(decisions["id"].implode())).sum()).item())
+    frame = relabel(frame, decisions, ok)
     joining = decisions.filter(~pl.col("id").is_in(frame["id"].implode()) & (pl.col("title").fill_null("") != ""))
     added = joining.select(
         (pl.int_range(1, pl.len() + 1, dtype=pl.Int64) + frame.height).alias("row"), "id", "title",

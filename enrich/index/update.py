@@ -23,7 +23,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
-from enrich.catalog.decisions import apply_decisions, read_decisions
+from enrich.catalog.decisions import apply_decisions, read_decisions, relabel
 from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
 from enrich.config import EnrichConfig
@@ -103,10 +103,7 @@ def update_index(reference_path: str | Path, out_dir: str | Path, columns: Colum
             raise CatalogError(f"{reference_path}: the update would leave fewer than {MIN_REFERENCE} listings in the index")
         reference = refreshed_reference(index.reference, change.current, change.added.select(change.current.columns), gone)
         if decided is not None:  # the index's own listings that the file does not repeat are relabelled too
-            labels = dict(zip(decided["id"].to_list(), decided["category"].to_list()))
-            reference = reference.with_columns(pl.when(pl.col("id").is_in(list(labels)) & ~pl.col("deleted"))
-                                               .then(pl.col("id").replace_strict(labels, default=None))
-                                               .otherwise(pl.col("category")).alias("category"))
+            reference = relabel(reference, decided, ~pl.col("deleted"))
         summary = Summary.of(frame, started)
         summary.reused_embeddings = change.unchanged.height
         if not change.added.height and not gone and reference.equals(index.reference):
