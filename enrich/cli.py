@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import replace
 
 from enrich.catalog import CatalogError, Columns
-from enrich.files import OutputError
+from enrich.errors import ConfigError, EnrichError, InputError
 from enrich.flags import parser
 from enrich.llm.taxonomy import TaxonomyConfig
 
@@ -34,7 +35,7 @@ def _columns(args: argparse.Namespace) -> Columns:
         source="flags", id=args.id_col, title=args.title_col, brand=args.brand_col,
         category=args.category_col.split(",") if args.category_col and "," in args.category_col else args.category_col,
         engagement=args.engagement_col, tags=args.tags_col, text=args.text_cols.split(",") if args.text_cols is not None else None,
-        encoding=args.encoding, delimiter=args.delimiter,
+        encoding=args.encoding, delimiter=args.delimiter, format=args.format, category_separator=args.category_separator,
     )
 
 
@@ -44,12 +45,12 @@ def _engine(args: argparse.Namespace):
     return EngineConfig(name=args.engine, address=args.ray_address, workers=args.workers)
 
 
-def _describer(args: argparse.Namespace, encoder):
+def _describe_config(args: argparse.Namespace):
     from enrich.llm.attributes import AttributeConfig
     from enrich.llm.chooser import LLMConfig
-    from enrich.llm.describe import DescribeConfig, Describer
+    from enrich.llm.describe import DescribeConfig
 
-    config = DescribeConfig(
+    return DescribeConfig(
         llm=LLMConfig.from_env(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url,
                                concurrency=args.llm_concurrency),
         attributes=AttributeConfig(ask_model=args.attributes_by == "model"),
@@ -57,7 +58,6 @@ def _describer(args: argparse.Namespace, encoder):
                                 name_weight=args.taxonomy_name_weight, bridge=args.taxonomy_bridge),
         taxonomy_source=args.taxonomy or "",
         use_cache=not args.no_cache)
-    return Describer(config, encoder)
 
 
 def _index_versions(args: argparse.Namespace) -> list[str]:
@@ -93,9 +93,9 @@ def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[s
             print(line)
         return []
     if args.reference is None:
-        raise CatalogError("enrich index needs a reference catalog (or --versions, --rollback or --verify)")
+        raise ConfigError("enrich index needs a reference catalog (or --versions, --rollback or --verify)")
     if args.delete_missing and not args.update:
-        raise CatalogError("--delete-missing goes with --update")
+        raise ConfigError("--delete-missing goes with --update")
     check_output_path(args.out, inputs=(args.reference,), folder=True)
     config = EnrichConfig(acceptance=AcceptanceConfig(target_precision=args.accept_precision,
                                                       confidence=args.accept_confidence or None))
@@ -112,21 +112,14 @@ def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[s
 
 def _run(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
     from enrich.config import EnrichConfig
-    from enrich.embed import Encoder
-    from enrich.index.store import encoder_for
     from enrich.run.loop import enrich
 
     config = EnrichConfig()
     if args.neighbors is not None:
         config = replace(config, vote=replace(config.vote, top_k=args.neighbors))
-    describer = encoder = None
-    if args.describe:
-        # One encoder for the run and the LLM stage: the index's own.
-        encoder = encoder_for(args.index) if args.index else Encoder(config.encoder)
-        describer = _describer(args, encoder)
     summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference, columns=columns, config=config,
-                     progress=progress, tagger_dir=args.model, part_rows=args.part_rows, describer=describer,
-                     engine=_engine(args), encoder=encoder)
+                     progress=progress, tagger_dir=args.model, part_rows=args.part_rows,
+                     describe=_describe_config(args) if args.describe else None, engine=_engine(args))
     return summary.lines("enriched") + [f"output written to {args.out}"]
 
 
@@ -154,6 +147,14 @@ def _finetune(args: argparse.Namespace, columns: Columns, progress: bool) -> lis
     return lines
 
 
+def _inspect(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
+    from enrich.catalog.inspect import inspect_text
+    from enrich.catalog.load import read_catalog
+
+    print(inspect_text(read_catalog(args.catalog, columns, reference=not args.new)))
+    return []
+
+
 def _eval(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
     from enrich.evaluation.evaluate import EvalConfig, evaluate
     from enrich.evaluation.report import write_report
@@ -167,12 +168,16 @@ def _eval(args: argparse.Namespace, columns: Columns, progress: bool) -> list[st
 def _simulate(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
     from pathlib import Path
 
+    import polars as pl
+
     from enrich.evaluation.evaluate import EvalConfig, evaluate
     from enrich.evaluation.simulate import SimulationConfig, markdown, simulate
     from enrich.files import write_json, write_text
 
     evaluation = evaluate(args.catalog, columns, EvalConfig(seed=args.seed), progress=progress)
-    held = evaluation.held_out
+    if not evaluation.priors:
+        raise CatalogError(f"{args.catalog}: no held-out listing has engagement (or there is no prior): nothing to simulate")
+    held = evaluation.held_out.filter(pl.col("true_engagement").is_not_null())
     result = simulate(held["true_engagement"].to_numpy(), evaluation.priors, held["prior_evidence"].to_numpy(),
                       SimulationConfig(strength=args.strength))
     print(markdown(result))
@@ -188,15 +193,18 @@ def _attributes(args: argparse.Namespace, columns: Columns, progress: bool) -> l
 
     check_output_path(args.out, inputs=(args.listings,))
     frame = load_catalog(args.listings, columns, CleaningConfig())
-    manifest = describe_catalog(frame, _describer(args, Encoder()), args.out, progress=progress)
+    from enrich.llm.describe import Describer
+
+    manifest = describe_catalog(frame, Describer(_describe_config(args), Encoder()), args.out, progress=progress)
     return [f"{manifest['rows']} rows read, {manifest['described']} described in {manifest['seconds']:.1f} s"
             f" ({manifest['rows'] - manifest['described']} refused: see status)", f"output written to {args.out}"]
 
 
 def _explain(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
     from enrich.run.explain import explain
+    from enrich.run.models import Models, ModelSources
 
-    print(explain(args.id, args.input, args.index, columns, tagger_dir=args.model))
+    print(explain(args.id, args.input, Models(ModelSources(args.index, args.model)), columns))
     return []
 
 
@@ -204,8 +212,10 @@ def _serve(args: argparse.Namespace, columns: Columns, progress: bool) -> list[s
     from enrich.serve.app import serve
     from enrich.serve.workbench import ServeConfig
 
+    from enrich.environment import variable
+
     serve(ServeConfig(index=args.index, db=args.db, model=args.model, columns=columns, host=args.host, port=args.port,
-                      token=args.token))
+                      token=args.token or variable("ENRICH_TOKEN") or ""))
     return []
 
 
@@ -221,13 +231,13 @@ def _review(args: argparse.Namespace, columns: Columns, progress: bool) -> list[
 
     if args.review_command == "export":
         if not Path(args.db).exists():
-            raise CatalogError(f"{args.db}: no review store there")
+            raise InputError(f"{args.db}: no review store there")
         decisions = Store(args.db).decisions()
         write_table(decisions, check_output_path(args.out, inputs=(args.db,)))
         return [f"{decisions.height} decisions written to {args.out}"]
     output = Path(args.output)
     if not output.exists() or output.suffix.lower() != ".parquet":
-        raise CatalogError(f"{output}: give the Parquet output of `enrich run` (a CSV one has lost its types)")
+        raise InputError(f"{output}: give the Parquet output of `enrich run` (a CSV one has lost its types)")
     enriched = pl.read_parquet(output)
     listings = load_catalog(args.input, columns)
     batch = import_output(Store(args.db), args.name or Path(args.input).name, listings, enriched,
@@ -235,7 +245,7 @@ def _review(args: argparse.Namespace, columns: Columns, progress: bool) -> list[
     return [f"{listings.height} listings imported as batch {batch} into {args.db}"]
 
 
-COMMANDS = {"index": _index, "run": _run, "finetune": _finetune, "eval": _eval, "attributes": _attributes, "explain": _explain,
+COMMANDS = {"inspect": _inspect, "index": _index, "run": _run, "finetune": _finetune, "eval": _eval, "attributes": _attributes, "explain": _explain,
             "serve": _serve, "review": _review, "simulate": _simulate}
 
 
@@ -246,15 +256,37 @@ def _error(message: str) -> int:
     return 2
 
 
+def _bug(error: BaseException) -> int:
+    """Not something the user did: one line that says so, the traceback kept in a log file whose path it prints."""
+    import traceback
+    from datetime import datetime
+
+    from enrich.environment import cache_dir
+
+    log = cache_dir() / "logs" / f"enrich-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"enrich {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(error)))
+        where = f"the traceback is in {log}"
+    except OSError:
+        where = "the traceback could not be written to a log; here it is:\n" + "".join(traceback.format_exception(error))
+    first = str(error).splitlines()[0] if str(error) else ""
+    print(f"enrich: bug: {type(error).__name__}: {first}\n  this is a bug in enrich, not in your input: {where};"
+          " please report it with that file", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     quiet_hugging_face()
     try:
         lines = COMMANDS[args.command](args, _columns(args), not getattr(args, "quiet", True))
-    except (CatalogError, OutputError, ValueError) as e:
+    except EnrichError as e:
         return _error(str(e))
     except OSError as e:  # a folder made read-only, a disk full: the file and the reason, not a traceback
         return _error(f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror or e))
+    except Exception as e:  # anything else is a bug: never disguised as a mistake of the user's
+        return _bug(e)
     if lines:
         print("\n".join(lines), file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ from enrich.catalog import CleaningConfig
 from enrich.category.lexical_model import CategoryModelConfig
 from enrich.category.vote import VoteConfig
 from enrich.embed import EncoderConfig
+from enrich.errors import ConfigError
 from enrich.index.calibration import AcceptanceConfig
 from enrich.index.lexical import LexicalConfig
 from enrich.index.neighbors import IndexConfig
@@ -27,4 +28,4 @@ class EnrichConfig:
 
     def __post_init__(self):
         if not 1 <= self.vote.top_k <= self.index.candidates:
-            raise ValueError(f"--neighbors must be between 1 and {self.index.candidates}, not {self.vote.top_k}")
+            raise ConfigError(f"--neighbors must be between 1 and {self.index.candidates}, not {self.vote.top_k}")

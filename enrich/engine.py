@@ -1,9 +1,10 @@
 """Where the heavy stages run: in this process (the default), or on Ray Data for catalogs that outgrow one machine.
 
-With `--engine ray`, embedding (in `enrich index`) and enrichment (in `enrich run`) go through Ray Data's
-`map_batches` with a pool of actors, each of which loads its model once: the encoder, or the index, the
-tagger and the LLM stage. Workers take a GPU each where the cluster has them, else `cpus_per_worker`
-cores each. Everything else (the hnswlib build, the prior's fit, writing files) stays in the driver.
+With `--engine ray`, a stage hands `map_on_actors` blocks of rows and a callable class: Ray Data's `map_batches`
+starts a pool of actors, each of which builds the class once (loading its models) and calls it on batches. The
+engine imports no stage: embedding (in `enrich index`) and enrichment (in `enrich run`) give it their own classes.
+Workers take a GPU each where the cluster has them, else `cpus_per_worker` cores each. Everything else (the hnswlib
+build, the prior's fit, writing files) stays in the driver.
 
 On a cluster, point `--ray-address` (or RAY_ADDRESS) at it; the index folder and the output must be on
 storage every node can read, and enrich must be installed on the workers (or shipped with a runtime_env).
@@ -13,20 +14,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import polars as pl
-
-from enrich.catalog import CatalogError
-from enrich.category.tagger import Tagger
-from enrich.embed import Encoder
-from enrich.index.store import ReferenceIndex, encoder_for
-from enrich.llm.describe import Describer
-from enrich.run.score import enrich_part
-
-PART_COLUMN = "_part"
+from enrich.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -38,7 +28,7 @@ class EngineConfig:
 
     def __post_init__(self):
         if self.name not in ("local", "ray"):
-            raise CatalogError(f"unknown engine {self.name!r}: use 'local' or 'ray'")
+            raise ConfigError(f"unknown engine {self.name!r}: use 'local' or 'ray'")
 
     @property
     def is_ray(self) -> bool:
@@ -49,7 +39,7 @@ def _start_ray(engine: EngineConfig):
     try:
         import ray
     except ImportError as error:
-        raise CatalogError("--engine ray needs Ray: pip install 'ray[data]'") from error
+        raise ConfigError("--engine ray needs Ray: pip install 'ray[data]'") from error
     if not ray.is_initialized():
         address = engine.address or os.environ.get("RAY_ADDRESS") or None
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
@@ -69,87 +59,30 @@ def _pool(ray, engine: EngineConfig) -> dict:
     return {"concurrency": workers, "num_cpus": engine.cpus_per_worker}
 
 
-def _set_threads(cpus: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, cpus))
-
-
-class _Embedder:
-    """A Ray actor: one encoder, vectors for batches of texts."""
-
-    def __init__(self, encoder_config, cpus: int):
-        _set_threads(cpus)
-        self.encoder = Encoder(encoder_config)
-
-    def __call__(self, batch):
-        import pyarrow as pa
-
-        vectors = self.encoder.encode(batch.column("text").to_pylist())
-        return pa.table({"row": batch.column("row"), "vector": pa.FixedSizeListArray.from_arrays(
-            pa.array(vectors.reshape(-1)), vectors.shape[1])})
+def actor_count(engine: EngineConfig) -> int:
+    """How many actors `map_on_actors` will start: a caller sizes its blocks by it."""
+    return _pool(_start_ray(engine), engine)["concurrency"]
 
 
-def embed_with_ray(texts: list[str], encoder_config, engine: EngineConfig, max_batch_rows: int = 4096) -> np.ndarray:
-    """The encoder over texts on Ray Data actors; vectors in the order of texts."""
-    import pyarrow as pa
-
+def map_on_actors(blocks: list, actor: type, args: tuple, engine: EngineConfig) -> Iterator:
+    """Each Arrow block through `actor(*args)` on a pool of Ray actors; the result tables, in input order. Each actor
+    is built once; before that, torch in it is given the cores its actor is given."""
     ray = _start_ray(engine)
     pool = _pool(ray, engine)
-    # At least four batches per actor, so that every actor has work and a slow one holds nothing up.
-    batch_rows = int(min(max_batch_rows, max(64, -(-len(texts) // (4 * pool["concurrency"])))))
-    blocks = [pa.table({"row": np.arange(start, min(start + batch_rows, len(texts))),
-                        "text": texts[start: start + batch_rows]}) for start in range(0, len(texts), batch_rows)]
     dataset = ray.data.from_arrow(blocks).map_batches(
-        _Embedder, fn_constructor_args=(encoder_config, pool.get("num_cpus", 1)), batch_size=None,
-        batch_format="pyarrow", **pool)
-    out = None
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        rows = batch.column("row").to_numpy()
-        vectors = np.stack(batch.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
-        if out is None:
-            out = np.zeros((len(texts), vectors.shape[1]), np.float32)
-        out[rows] = vectors
-    return out if out is not None else np.zeros((0, 0), np.float32)
+        _Threads, fn_constructor_args=(actor, args, pool.get("num_cpus", 1)), batch_size=None, batch_format="pyarrow",
+        **pool)
+    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-class _Enricher:
-    """A Ray actor: the index, the encoder, the tagger and the LLM stage loaded once; parts of new listings in."""
+class _Threads:
+    """An actor's callable, built after torch is told how many cores the actor has."""
 
-    def __init__(self, index_dir: str, config, tagger_dir: str | None, describe_config, cpus: int):
-        _set_threads(cpus)
-        self.encoder = encoder_for(index_dir)
-        self.index = ReferenceIndex.load(index_dir, self.encoder)
-        self.config = config
-        self.tagger = Tagger.load(tagger_dir) if tagger_dir else None
-        self.describer = None
-        if describe_config is not None:
-            self.describer = Describer(describe_config, self.encoder)
+    def __init__(self, actor: type, args: tuple, cpus: int):
+        import torch
+
+        torch.set_num_threads(max(1, cpus))
+        self.call = actor(*args)
 
     def __call__(self, batch):
-        frame = pl.from_arrow(batch)
-        parts = frame[PART_COLUMN]
-        out = enrich_part(frame.drop(PART_COLUMN), self.index, self.encoder, self.config, self.tagger, self.describer)
-        return out.with_columns(parts).to_arrow()
-
-
-def enrich_parts_with_ray(chunks: dict[int, pl.DataFrame], index_dir: Path, config, tagger_dir, describe_config,
-                          engine: EngineConfig) -> Iterator[tuple[int, pl.DataFrame]]:
-    """Enrich each pending part on the actor pool; yield (part number, output) as each part completes, in order."""
-    ray = _start_ray(engine)
-    pool = _pool(ray, engine)
-    blocks = [chunk.with_columns(pl.lit(number, pl.Int64).alias(PART_COLUMN)).to_arrow()
-              for number, chunk in sorted(chunks.items())]
-    dataset = ray.data.from_arrow(blocks).map_batches(
-        _Enricher, fn_constructor_args=(str(index_dir), config, str(tagger_dir) if tagger_dir else None,
-                                        describe_config, pool.get("num_cpus", 1)),
-        batch_size=None, batch_format="pyarrow", **pool)
-    pending: dict[int, list[pl.DataFrame]] = {}
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        frame = pl.from_arrow(batch)
-        for number in frame[PART_COLUMN].unique(maintain_order=True).to_list():
-            pending.setdefault(number, []).append(frame.filter(pl.col(PART_COLUMN) == number).drop(PART_COLUMN))
-            done = pl.concat(pending[number])
-            if done.height == chunks[number].height:
-                del pending[number]
-                yield number, done
+        return self.call(batch)

@@ -18,12 +18,14 @@ from typing import Iterator
 import numpy as np
 import polars as pl
 
+from enrich.errors import ArtifactError, InputError
 
-class OutputError(ValueError):
+
+class OutputError(InputError):
     """An output that cannot or must not be written where it was asked for."""
 
 
-class DamagedFile(ValueError):
+class DamagedFile(ArtifactError):
     """A file of an index or model folder that is not what enrich wrote there."""
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import fields
 
 from enrich.category.finetune import FinetuneConfig
@@ -23,6 +22,10 @@ def column_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--engagement-col", help="engagement column: orders, reviews, clicks (default: engagement)")
     group.add_argument("--encoding", help="of a CSV or JSON Lines file, e.g. cp1252 or latin-1 (default: utf-8)")
     group.add_argument("--delimiter", help="of a CSV: ';', tab, '|' (default: a comma; a tab for .tsv)")
+    group.add_argument("--format", help="a named export: shopify, woocommerce, google-merchant, magento (default: "
+                       "recognised from the headers)")
+    group.add_argument("--category-separator", metavar="SEP", help="between a category path's levels: '>', '>>', '/', "
+                       "'|', '»' (default: detected)")
 
 
 def engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +153,7 @@ def _serve_parser(commands, quiet: argparse.ArgumentParser) -> None:
     serve.add_argument("--db", default="enrich-review.sqlite", help="the review store, batches and decisions (SQLite)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; beyond it, --token is required)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--token", default=os.environ.get("ENRICH_TOKEN", ""),
+    serve.add_argument("--token", default="",
                        help="the token every page and API call needs (default ENRICH_TOKEN, else a random one, printed)")
     column_flags(serve)
 
@@ -169,6 +172,14 @@ def _review_parser(commands, quiet: argparse.ArgumentParser) -> None:
     export.add_argument("--out", required=True, help="decisions.csv or decisions.parquet")
 
 
+def _inspect_parser(commands, quiet: argparse.ArgumentParser) -> None:
+    inspect = commands.add_parser("inspect", help="what enrich will make of a catalog file: format, roles, categories, "
+                                  "engagement, refused rows, warnings; nothing is built")
+    inspect.add_argument("catalog", help="a catalog or export (.csv, .tsv, .parquet, .jsonl, .xml)")
+    inspect.add_argument("--new", action="store_true", help="read it as new listings (engagement not read)")
+    column_flags(inspect)
+
+
 def _explain_parser(commands, quiet: argparse.ArgumentParser) -> None:
     explain = commands.add_parser("explain", help="why one listing got its category, neighbours and prior")
     explain.add_argument("id", help="the listing's id")
@@ -183,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     quiet = argparse.ArgumentParser(add_help=False)  # shared by every command that shows progress
     quiet.add_argument("--quiet", action="store_true", help="no progress bars")
+    _inspect_parser(commands, quiet)
     _index_parser(commands, quiet)
     _run_parser(commands, quiet)
     _attributes_parser(commands, quiet)

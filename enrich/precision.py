@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from enrich.environment import cache_dir, variable
+from enrich.errors import ConfigError
 from enrich.files import write_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,9 +67,9 @@ def resolve_device(device: str = "auto") -> str:
 def named_precision(precision: str) -> str:
     """The precision asked for: the setting, unless it is "auto" and ENRICH_PRECISION names one."""
     if precision == "auto":
-        precision = os.environ.get(ENVIRONMENT, "auto") or "auto"
+        precision = variable(ENVIRONMENT) or "auto"
     if precision != "auto" and precision not in DTYPES:
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     return precision
 
 
@@ -100,7 +102,7 @@ def choose(per_s: dict[str, float], agrees: dict[str, bool], baseline: str = "fp
 
 
 def cache_file() -> Path:
-    return Path(os.environ.get("ENRICH_CACHE") or Path.home() / ".cache" / "enrich") / "precision.json"
+    return cache_dir() / "precision.json"
 
 
 def measure(stage: str, model_key: str, candidates: dict[str, Callable[[], object]], items: int,

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
 
+from enrich.errors import ArtifactError, InputError
 from enrich.index.lexical import pairwise_cosine
 from enrich.index.neighbors import NeighborIndex
 
@@ -215,7 +216,7 @@ class ExposurePrior:
             empty = np.zeros(0)
             return PriorEstimate(empty, empty, empty, empty, empty)
         if evidence.sims.shape[1] == 0:
-            raise ValueError("the reference index is empty: no neighbours to base a prior on")
+            raise InputError("the reference index is empty: no neighbours to base a prior on")
         # Row by row (einsum's own loop, not BLAS, whose blocking depends on the number of rows): a listing's prior is
         # the same whichever listings it is computed with.
         log_mean = np.einsum("ij,j->i", self.features(evidence), np.array(self.coef)) + self.intercept
@@ -240,7 +241,7 @@ class ExposurePrior:
     def load(cls, folder: Path) -> "ExposurePrior":
         saved = json.loads((folder / cls.FILES[0]).read_text())
         if saved.pop("features") != list(FEATURES):
-            raise ValueError(f"{folder}/prior.json was fitted with other features; rebuild the index")
+            raise ArtifactError(f"{folder}/prior.json was fitted with other features; rebuild the index")
         saved["config"] = PriorConfig(**{**saved["config"], "shrink_grid": tuple(saved["config"]["shrink_grid"])})
         return cls(text_coef=np.load(folder / cls.FILES[1], allow_pickle=False), **saved)
 

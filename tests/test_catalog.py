@@ -204,8 +204,10 @@ def test_file_level_errors_name_the_file_and_column(tmp_path):
     path = write_rows(tmp_path / "c.csv", good_rows())
     with pytest.raises(CatalogError, match=r"no column 'title' for the title .*columns are: sku, name"):
         load_catalog(path, Columns(id="sku"))
-    with pytest.raises(CatalogError, match="no column 'engagement' for the engagement"):
-        load_catalog(path, Columns(id="sku", title="name"), reference=True)
+    with pytest.raises(CatalogError, match="no column 'clicks' for the engagement"):
+        load_catalog(path, Columns(id="sku", title="name", engagement="clicks"), reference=True)
+    # an engagement column left at its default name may be absent: a reference catalog without engagement
+    assert load_catalog(path, Columns(id="sku", title="name"), reference=True)["engagement"].null_count() == 3
     with pytest.raises(CatalogError, match=r"no column 'blurb' for the text"):
         load_catalog(path, Columns(id="sku", title="name", text=("description", "blurb")))
 

@@ -279,10 +279,10 @@ def test_run_bridges_to_the_taxonomy_through_the_predicted_category_unless_told_
 def test_run_with_a_tagger_reads_each_listing_once_and_bridges_through_its_prediction(
         tmp_path, sample, sample_columns, sample_index, encoder, small_taxonomy, tiny_tagger, llm_cache):
     from enrich.catalog import load_catalog
-    from enrich.config import EnrichConfig
-    from enrich.index.store import ReferenceIndex
-    from enrich.run.score import enrich_part
     from enrich.category.tagger import Tagger
+    from enrich.index.store import ReferenceIndex
+    from enrich.run.models import Models, ModelSources
+    from enrich.run.score import enrich_part
 
     new = pl.read_csv(sample["new"]).head(8)
     new.write_csv(tmp_path / "bare.csv")
@@ -299,8 +299,8 @@ def test_run_with_a_tagger_reads_each_listing_once_and_bridges_through_its_predi
     paths = {}
     for source in ("bare", "given"):
         reads.clear()
-        out = enrich_part(load_catalog(tmp_path / f"{source}.csv", sample_columns), index, encoder, EnrichConfig(),
-                          tagger, describer)
+        models = Models(ModelSources(str(sample_index[0])), encoder=encoder, index=index, tagger=tagger, describer=describer)
+        out = enrich_part(load_catalog(tmp_path / f"{source}.csv", sample_columns), models)
         assert reads == [8]  # one pass over every listing
         paths[source] = out["taxonomy_path"].to_list()
     assert paths["given"] == paths["bare"]  # the given half bridged through the category the tagger helped predict

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from enrich.embed import Encoder, EncoderConfig, packaged_model_path
+from enrich.errors import ConfigError
 from enrich.precision import resolve_dtype
 
 TEXTS = ["LEGO Technic 42027 Desert Racer | LEGO", "Hornby R3060 Flying Scotsman train set | Hornby",
@@ -43,7 +44,7 @@ def test_a_named_precision_is_taken_and_auto_is_measured_on_a_cpu(monkeypatch):
     assert resolve_dtype("auto", "cuda") == torch.float16 and resolve_dtype("auto", "cpu") == torch.float32  # until measured
     monkeypatch.setenv("ENRICH_PRECISION", "bf16")
     assert resolve_dtype("auto", "cpu") == torch.bfloat16  # the environment names it
-    with pytest.raises(ValueError, match="precision must be"):
+    with pytest.raises(ConfigError, match="precision must be"):
         resolve_dtype("int4", "cpu")
 
 

@@ -3,6 +3,7 @@ import polars as pl
 import pytest
 
 from enrich.engine import EngineConfig
+from enrich.errors import ConfigError
 from enrich.run.score import OUTPUT_SCHEMA
 from enrich.index.store import ReferenceIndex
 from enrich.index.build import build_index
@@ -48,5 +49,5 @@ def test_ray_engine_gives_the_local_engine_s_index_and_output(tmp_path, sample, 
 
 
 def test_unknown_engines_are_refused():
-    with pytest.raises(ValueError, match="unknown engine"):
+    with pytest.raises(ConfigError, match="unknown engine"):
         EngineConfig(name="spark")

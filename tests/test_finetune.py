@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 from enrich.category.catalog_tags import best_tag_threshold
 from enrich.category.finetune import FinetuneConfig, finetune, training_data, validation_scores
 from enrich.category.tagger import Tagger
+from enrich.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_a_resumed_run_matches_an_uninterrupted_one(tiny_bert, small_catalog, sa
 
 def test_resuming_with_another_config_is_refused(tiny_bert, small_catalog, sample_columns, tmp_path):
     finetune(small_catalog, tmp_path / "m", sample_columns, config(tiny_bert, epochs=2), progress=False, epochs_this_run=1)
-    with pytest.raises(ValueError, match=r"another config \(learning_rate 0.01 there, 0.001 here\)"):
+    with pytest.raises(ConfigError, match=r"another config \(learning_rate 0.01 there, 0.001 here\)"):
         finetune(small_catalog, tmp_path / "m", sample_columns, config(tiny_bert, epochs=2, learning_rate=1e-3), progress=False)
 
 

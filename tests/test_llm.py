@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from enrich.errors import ConfigError
 from enrich.llm.chooser import ChatChooser, LLMConfig, LocalChooser, match_option
 
 
@@ -134,7 +135,7 @@ def test_chat_backend_retries_once_then_reports_invalid(chat_server):
 
 def test_a_server_that_never_answers_stops_the_batch_and_a_later_failure_marks_the_row(chat_server):
     chooser = ChatChooser(LLMConfig(backend="openai", model="served", base_url="http://127.0.0.1:9/v1", timeout_s=2))
-    with pytest.raises(ValueError, match=r"LLM server at http://127.0.0.1:9/v1 \(model 'served'\) did not answer"):
+    with pytest.raises(ConfigError, match=r"LLM server at http://127.0.0.1:9/v1 \(model 'served'\) did not answer"):
         chooser.choose("Which material?", ["wood", "not stated"])
 
     server = chat_server(["wood", "HTTP 400", "HTTP 400"])
@@ -145,7 +146,7 @@ def test_a_server_that_never_answers_stops_the_batch_and_a_later_failure_marks_t
 
 
 def test_chat_backend_needs_a_server_address():
-    with pytest.raises(ValueError, match="base-url"):
+    with pytest.raises(ConfigError, match="base-url"):
         ChatChooser(LLMConfig(backend="openai"))
 
 
@@ -155,14 +156,14 @@ def test_config_reads_the_environment_and_flags_win(monkeypatch):
     config = LLMConfig.from_env(model="served")
     assert (config.backend, config.base_url, config.model) == ("openai", "http://127.0.0.1:9/v1", "served")
     assert LLMConfig.from_env(backend="local").backend == "local"
-    with pytest.raises(ValueError, match="concurrency .* must be at least 1, not 0"):
+    with pytest.raises(ConfigError, match="concurrency .* must be at least 1, not 0"):
         LLMConfig.from_env(concurrency=0)
 
 
 def test_unknown_local_models_are_refused_clearly(tmp_path):
     from enrich.llm.chooser import converted_model_dir
 
-    with pytest.raises(ValueError, match="neither a packaged model"):
+    with pytest.raises(ConfigError, match="neither a packaged model"):
         converted_model_dir(LLMConfig(model=str(tmp_path)))
-    with pytest.raises(ValueError, match="no GGUF file"):
+    with pytest.raises(ConfigError, match="no GGUF file"):
         converted_model_dir(LLMConfig(model=str(tmp_path / "missing.gguf")))

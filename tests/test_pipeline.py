@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 
 from enrich.cli import main
-from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
+from enrich.catalog import Columns, listing_texts, load_catalog
+from enrich.errors import InputError
 from enrich.run.score import OUTPUT_SCHEMA
 from enrich.index.store import IndexMismatch, ReferenceIndex
 from enrich.manifest import Summary
@@ -120,7 +121,8 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 def test_refused_reference_rows_are_listed_beside_the_index(tmp_path, encoder, sample, sample_columns):
     reference = pl.read_csv(sample["reference"], infer_schema=False).head(60)
     reference = reference.with_columns(
-        pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("n/a")).otherwise(pl.col("number_of_reviews")).alias("number_of_reviews"),
+        pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("lots")).when(pl.int_range(pl.len()) == 5).then(pl.lit("n/a"))
+        .otherwise(pl.col("number_of_reviews")).alias("number_of_reviews"),
         pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("")).otherwise(pl.col("product_name")).alias("product_name"),
     )
     reference.write_csv(tmp_path / "reference.csv")
@@ -128,9 +130,10 @@ def test_refused_reference_rows_are_listed_beside_the_index(tmp_path, encoder, s
     assert (summary.rows, summary.ok) == (60, 58)
     refused = pl.read_parquet(tmp_path / "index" / "refused.parquet")
     assert refused["row"].to_list() == [4, 8]
-    assert refused["status"].to_list() == ["refused: row 4 field 'number_of_reviews': engagement 'n/a' is not a number",
+    assert refused["status"].to_list() == ["refused: row 4 field 'number_of_reviews': engagement 'lots' is not a number",
                                            "refused: row 8 field 'product_name': empty title"]
-    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["counts"]["refused"] == 2
+    counts = json.loads((tmp_path / "index" / "manifest.json").read_text())["counts"]
+    assert counts["refused"] == 2 and counts["with_engagement"] == 57  # 'n/a' is unknown: kept, without engagement
 
 
 def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, sample_columns, tiny_tagger, encoder, tmp_path, capsys):
@@ -330,7 +333,7 @@ def test_an_index_built_in_chunks_equals_one_built_whole(sample_index, sample, s
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("not an index")
-    with pytest.raises(CatalogError, match="is not an enrich index"):
+    with pytest.raises(InputError, match="is not an enrich index"):
         build_index(sample["reference"], tmp_path / "taken", sample_columns, progress=False, encoder=encoder)
     assert not list(tmp_path.glob(".taken.embeddings-*"))  # nor is it left behind by a failed build
 

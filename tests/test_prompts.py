@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from enrich.errors import ArtifactError
 from enrich.llm.templates import FILE_NAME, load_prompt, prompts_dir, read_template, release, released_hashes
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -51,9 +52,9 @@ def test_an_edited_release_is_refused_and_a_new_version_is_the_way(tmp_path):
     folder = _copy_prompts(tmp_path)
     released = folder / "attribute.v1.yaml"
     released.write_text(released.read_text().replace("Answer with exactly one", "Answer with one"))
-    with pytest.raises(ValueError, match="edited after its release"):
+    with pytest.raises(ArtifactError, match="edited after its release"):
         load_prompt("attribute", 1, folder)
-    with pytest.raises(ValueError, match="edited after its release"):
+    with pytest.raises(ArtifactError, match="edited after its release"):
         release(released)
     shutil.copy(prompts_dir() / "attribute.v1.yaml", released)
     newer = folder / "attribute.v2.yaml"
@@ -74,5 +75,5 @@ def test_malformed_templates_are_refused(tmp_path, change, message):
     folder = _copy_prompts(tmp_path)
     path = folder / "attribute.v1.yaml"
     path.write_text(change(path.read_text()))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ArtifactError, match=message):
         read_template(path)

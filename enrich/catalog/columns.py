@@ -7,12 +7,14 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from enrich.errors import InputError
+
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 # The standard frame every reader produces: one row per input row, `status` 'ok' or why not.
 STANDARD_COLUMNS = ["row", "id", "title", "brand", "text", "category", "tags", "engagement", "status", "notes"]
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """A catalog that cannot be read at all: the message says which file, row or column, and why."""
 
 
@@ -30,6 +32,13 @@ class Columns:
     tags: str | None = "tags"  # the listing's own tags ("metal; ages 3+", or a list), optional; the tagger learns them
     encoding: str = "utf-8"  # of a CSV or JSON Lines file: exports from older tools are often cp1252 or latin-1
     delimiter: str | None = None  # of a CSV: None is a comma (a tab for .tsv); spreadsheets in many locales write ';'
+    # A named export (`enrich.catalog.formats`: shopify, woocommerce, google-merchant, magento) whose roles and
+    # category form apply where these settings are left at their defaults; None: recognised from the headers.
+    format: str | None = None
+    category_separator: str | None = None  # between a path's levels: '>', '>>', '/', '|', '»'; None: detected
+    # Between several paths in one cell (WooCommerce's "Clothing > Hoodies, Accessories"); None: detected, "": never.
+    category_list_separator: str | None = None
+    tags_separator: str | None = None  # between a listing's tags; None: ';' or '|'
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Columns":
@@ -66,10 +75,28 @@ class Columns:
                 value = DELIMITER_NAMES.get(value, value)
                 if len(value) != 1 or value in "\"\r\n":
                     raise CatalogError(f"{source}: the delimiter must be one character such as ';' or 'tab', not {value!r}")
+            elif key in ("category_separator", "tags_separator", "category_list_separator"):
+                value = _separator(key, value, source)
+            elif key == "format":
+                from enrich.catalog.formats import format_named
+
+                value = format_named(value, source).name if value else None
             elif value == "" and key not in ("id", "title"):
                 value = None
             clean[key] = value
         return replace(self, **clean)
+
+
+def _separator(key: str, value: str, source: str) -> str | None:
+    """A separator as written in a columns file: surrounding spaces do not matter (' > ' is '>'), "" means none."""
+    if not isinstance(value, str):
+        raise CatalogError(f"{source}: {key} must be a string such as '>' or '/', not {value!r}")
+    stripped = DELIMITER_NAMES.get(value.strip(), value.strip())
+    if key == "category_list_separator":
+        return stripped
+    if not stripped or stripped in "\"\r\n":
+        raise CatalogError(f"{source}: {key} must be characters such as '>', '>>', '/', '|' or ',', not {value!r}")
+    return stripped
 
 
 @dataclass(frozen=True)
@@ -86,5 +113,10 @@ class CleaningConfig:
     # new listing gets a predicted category and a reference listing does not vote for "Others > Others".
     placeholder_categories: tuple[str, ...] = ("other", "others", "misc", "miscellaneous", "uncategorized",
                                                "uncategorised", "unknown", "none", "n/a", "-")
+    # A path's first level that only names the shop's root (Magento's "Default Category") is dropped.
+    root_categories: tuple[str, ...] = ("default category", "root catalog", "root", "all products", "all categories")
+    # An engagement cell saying the value is unknown: the listing is kept, as a labelled listing without engagement.
+    missing_engagement: tuple[str, ...] = ("n/a", "na", "-", "--", "none", "null", "nan", "unknown", "not available",
+                                           "no rating available", "no ratings", "no reviews", "no reviews yet")
 
 

@@ -1,4 +1,4 @@
-"""A catalog file's raw rows as strings: CSV (any delimiter, any encoding), Parquet or JSON Lines.
+"""A catalog file's raw rows as strings: CSV (any delimiter, any encoding), Parquet, JSON Lines or an XML feed.
 
 What cannot be read at all raises `CatalogError` naming the file (and the line where there is one); rows that
 can be read but are damaged (bytes not valid in the encoding, too many fields) are kept and marked, so that
@@ -18,13 +18,13 @@ import polars as pl
 from enrich.catalog.columns import CatalogError
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".json": "jsonl"}
+           ".json": "jsonl", ".xml": "xml", ".rss": "xml"}
 
 
 def detect_format(path: Path) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise CatalogError(f"{path}: unknown format '{path.suffix}'; use .csv (.tsv), .parquet or .jsonl")
+        raise CatalogError(f"{path}: unknown format '{path.suffix}'; use .csv (.tsv), .parquet, .jsonl or an .xml feed")
     return fmt
 
 
@@ -58,6 +58,8 @@ def read_raw(path: Path, encoding: str = "utf-8", delimiter: str | None = None
             except pl.exceptions.ComputeError as error:
                 frame, problems = _read_ragged_csv(text, path, error, separator)
                 return frame, bad_bytes, problems
+        elif fmt == "xml":
+            frame = read_xml_feed(data, path)
         else:
             frame = _read_json_lines(data, path)
     except (pl.exceptions.PolarsError, OSError) as e:
@@ -65,6 +67,36 @@ def read_raw(path: Path, encoding: str = "utf-8", delimiter: str | None = None
         where = _first_bad_json_line(data) if fmt == "jsonl" and isinstance(e, pl.exceptions.PolarsError) else ""
         raise CatalogError(f"{path}: cannot be read as {fmt}: {where or str(e).splitlines()[0]}") from None
     return frame, bad_bytes, None
+
+
+def read_xml_feed(data: bytes, path: Path) -> pl.DataFrame:
+    """An RSS 2.0 or Atom product feed (Google Merchant Center's XML): one row per `item` or `entry`, a column per
+    child element named without its namespace (`g:id` is `id`); an element repeated in an item is joined with ', ',
+    as the feed's tab-separated form writes it. Parsed with defusedxml: a feed cannot expand entities or reach out."""
+    from defusedxml import ElementTree
+    from defusedxml.common import DefusedXmlException
+
+    try:
+        root = ElementTree.fromstring(data)
+    except (ElementTree.ParseError, DefusedXmlException) as e:
+        raise CatalogError(f"{path}: cannot be read as an XML feed: {e}") from None
+    items = [element for element in root.iter() if _local_name(element.tag) in ("item", "entry")]
+    if not items:
+        raise CatalogError(f"{path}: an XML file with no <item> or <entry> elements: not a product feed")
+    records = []
+    for item in items:
+        record: dict[str, list[str]] = {}
+        for child in item:
+            text = " ".join(part.strip() for part in child.itertext() if part.strip())
+            record.setdefault(_local_name(child.tag), []).append(text)
+        records.append({name: ", ".join(v for v in values if v) for name, values in record.items()})
+    names = list(dict.fromkeys(name for record in records for name in record))
+    return pl.DataFrame({name: [record.get(name) for record in records] for name in names},
+                        schema={name: pl.String for name in names})
+
+
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
 
 def _not_valid_in(encoding: str, data: bytes, first_bad: int) -> str:

@@ -39,6 +39,7 @@ from enrich.category.calibration import expected_calibration_error, fit_temperat
 from enrich.category.catalog_tags import best_tag_threshold, tag_counts, tag_metrics
 from enrich.category.tagger import TAG_PREFIX, Hierarchy, Tagger
 from enrich.embed import model_fingerprint, packaged_model_path
+from enrich.errors import ConfigError, InputError
 from enrich.precision import Measured, measure, workload
 
 CHECKPOINTS = "checkpoints"
@@ -81,7 +82,7 @@ def training_data(catalog: str | Path, columns: Columns, config: FinetuneConfig,
         frame, _ = apply_decisions(frame, decided)
     frame = frame.filter((pl.col("status") == "ok") & (pl.col("category").is_not_null() | (pl.col("tags").list.len() > 0)))
     if (with_category := frame["category"].count()) < 10:
-        raise ValueError(f"{catalog}: only {with_category} usable rows with a category; fine-tuning needs more")
+        raise InputError(f"{catalog}: only {with_category} usable rows with a category; fine-tuning needs more")
     frame = frame.with_columns(pl.Series("text", listing_texts(frame)))
     order = np.random.default_rng(config.seed).permutation(frame.height)
     n_val = max(1, int(config.validation_share * frame.height))
@@ -236,8 +237,8 @@ class Training:
                                        dataloader_config=DataLoaderConfiguration(split_batches=True))
         processes = self.accelerator.num_processes
         if config.batch_size % processes:
-            raise ValueError(f"--batch-size {config.batch_size} cannot be split across {processes} processes: "
-                             f"use a multiple of {processes}")
+            raise ConfigError(f"--batch-size {config.batch_size} cannot be split across {processes} processes: "
+                              f"use a multiple of {processes}")
         set_seed(config.seed)
         outputs = targets.outputs
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -268,8 +269,8 @@ class Training:
         now = asdict(self.config)
         if changed := [f"{name} {saved['config'].get(name)} there, {now[name]} here"
                        for name in now if saved["config"].get(name, object()) != now[name]]:
-            raise ValueError(f"{self.checkpoints} holds a run with another config ({'; '.join(changed)});"
-                             " run with those settings to resume it, or remove it or use another --out")
+            raise ConfigError(f"{self.checkpoints} holds a run with another config ({'; '.join(changed)});"
+                              " run with those settings to resume it, or remove it or use another --out")
         self.accelerator.load_state(str(self.checkpoints / "last"))
         if self.progress:
             self.accelerator.print(f"resuming after epoch {saved['epoch']}")

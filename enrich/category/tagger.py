@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from enrich.category.paths import PATH_SEPARATOR, path_levels
 from enrich.embed import same_length_batches
+from enrich.errors import ArtifactError
 from enrich.files import check_files, file_digests, write_json
 from enrich.precision import DTYPES, Measured, dtype_name, measure, named_precision, resolve_device, resolve_dtype, workload
 
@@ -86,7 +87,7 @@ class Tagger:
     @staticmethod
     def check(folder: str | Path) -> None:
         if not (Path(folder) / TAGGER_FILE).exists():
-            raise FileNotFoundError(f"{folder}: not an enrich tagger (no {TAGGER_FILE}); train one with `enrich finetune`")
+            raise ArtifactError(f"{folder}: not an enrich tagger (no {TAGGER_FILE}); train one with `enrich finetune`")
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto") -> "Tagger":
@@ -98,10 +99,10 @@ class Tagger:
         try:
             info = json.loads((folder / TAGGER_FILE).read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{folder / TAGGER_FILE}: not valid JSON ({e}); the tagger is damaged: train it again") from None
+            raise ArtifactError(f"{folder / TAGGER_FILE}: not valid JSON ({e}); the tagger is damaged: train it again") from None
         if "files" not in info:
-            raise ValueError(f"{folder / TAGGER_FILE} does not list the tagger's files: it was not written by this enrich;"
-                             " train it again with `enrich finetune`")
+            raise ArtifactError(f"{folder / TAGGER_FILE} does not list the tagger's files: it was not written by this enrich;"
+                                " train it again with `enrich finetune`")
         check_files(folder, info["files"], "`enrich finetune`")
         device = resolve_device(device)
         dtype = torch.float32 if named_precision(precision) == "auto" else resolve_dtype(precision, device)

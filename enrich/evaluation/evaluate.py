@@ -18,7 +18,9 @@ from scipy.stats import spearmanr
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog, read_raw
+from enrich.catalog import CatalogError, Columns, listing_texts, read_raw
+from enrich.catalog.inspect import catalog_warnings
+from enrich.catalog.load import read_catalog
 from enrich.category.calibration import expected_calibration_error
 from enrich.category.tagger import Tagger
 from enrich.config import EnrichConfig
@@ -79,7 +81,8 @@ def evaluate(catalog: str | Path, columns: Columns, config: EvalConfig = EvalCon
     """
     started = time.perf_counter()
     catalog = Path(catalog)
-    frame = load_catalog(catalog, columns, enrich_config.cleaning, reference=True)
+    read = read_catalog(catalog, columns, enrich_config.cleaning, reference=True)
+    frame, columns = read.frame, read.details.columns
     dates = _dates(catalog, config.date_column, columns) if config.date_column else None
     reference, held_out = split_catalog(frame, config, dates)
     if reference.height < 2:
@@ -93,6 +96,7 @@ def evaluate(catalog: str | Path, columns: Columns, config: EvalConfig = EvalCon
         new = held_out.with_columns(pl.lit(None, dtype=pl.String).alias("category"), pl.lit(None, dtype=pl.Float64).alias("engagement"))
         output = enrich_frame(new, index, encoder, enrich_config, progress, tagger)
         metrics, priors = _metrics(index, reference, held_out, output, encoder, config)
+    metrics["warnings"] = catalog_warnings(read)
     metrics["setup"] = {
         "tagger": None if tagger is None else tagger.info.get("source", "given"),
         "catalog": str(catalog), "rows": frame.height, "usable": reference.height + held_out.height,
@@ -103,7 +107,7 @@ def evaluate(catalog: str | Path, columns: Columns, config: EvalConfig = EvalCon
     }
     joined = output.join(held_out.select("id", pl.col("category").alias("true_category"),
                                          pl.col("engagement").alias("true_engagement")), on="id", how="left")
-    return Evaluation(metrics, joined, reference["engagement"].to_numpy(), priors)
+    return Evaluation(metrics, joined, reference["engagement"].fill_null(float("nan")).to_numpy(), priors)
 
 
 @dataclass
@@ -113,7 +117,7 @@ class Split:
     index: ReferenceIndex
     held_out: pl.DataFrame
     output: pl.DataFrame
-    bucket: np.ndarray  # per held-out listing: head, torso or tail by its true engagement
+    bucket: np.ndarray  # per held-out listing: head, torso or tail by its true engagement; "" where it is unknown
     lr_predicted: list[str]  # the TF-IDF + logistic regression baseline's categories
     emb_positions: np.ndarray
     emb_sims: np.ndarray
@@ -127,16 +131,24 @@ class Split:
 
     @property
     def truth_engagement(self) -> np.ndarray:
-        return self.held_out["engagement"].to_numpy()
+        """NaN where a listing's engagement is unknown."""
+        return self.held_out["engagement"].fill_null(float("nan")).to_numpy().astype(np.float64)
+
+    @property
+    def known(self) -> np.ndarray:
+        """The held-out listings whose engagement is known: the prior's measures read only them."""
+        return ~np.isnan(self.truth_engagement)
 
 
 def _split(index: ReferenceIndex, reference: pl.DataFrame, held_out: pl.DataFrame, output: pl.DataFrame, encoder: Encoder,
            config: EvalConfig) -> tuple[Split, float, float]:
     """The split with its baselines on the same listings; the head and tail thresholds."""
-    k, ref_engagement, truth_engagement = config.k, index.engagement, held_out["engagement"].to_numpy()
-    head_threshold = float(np.quantile(ref_engagement, 1 - config.head_share))
-    tail_threshold = float(np.quantile(ref_engagement, config.tail_share))
-    bucket = np.where(truth_engagement >= head_threshold, "head", np.where(truth_engagement <= tail_threshold, "tail", "torso"))
+    k, ref_engagement = config.k, index.engagement[~np.isnan(index.engagement)]
+    truth_engagement = held_out["engagement"].fill_null(float("nan")).to_numpy().astype(np.float64)
+    head_threshold = float(np.quantile(ref_engagement, 1 - config.head_share)) if len(ref_engagement) else float("nan")
+    tail_threshold = float(np.quantile(ref_engagement, config.tail_share)) if len(ref_engagement) else float("nan")
+    bucket = np.where(np.isnan(truth_engagement), "",
+                      np.where(truth_engagement >= head_threshold, "head", np.where(truth_engagement <= tail_threshold, "tail", "torso")))
     ref_texts = listing_texts(reference)  # the index's rows, in the same order
     new_texts = listing_texts(held_out)
     tfidf = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), dtype=np.float32).fit(ref_texts)
@@ -190,27 +202,38 @@ def _neighbor_metrics(s: Split, k: int) -> dict:
 
 
 def _prior_scores(s: Split, seed: int) -> dict[str, np.ndarray]:
-    """Each way of ranking the held-out listings by expected engagement: enrich's prior and the baselines."""
-    ref_engagement, truth = s.index.engagement, s.truth_engagement
+    """Each way of ranking the held-out listings whose engagement is known by expected engagement: enrich's prior and
+    the baselines (which read only reference listings with engagement)."""
+    ref_engagement, known, truth = s.index.engagement, s.known, s.truth_engagement[s.known]
     category_logs = defaultdict(list)
     for c, e in zip(s.index.reference["category"].to_list(), ref_engagement):
-        category_logs[c or ""].append(np.log1p(e))
-    global_log = float(np.mean(np.log1p(ref_engagement)))
+        if not np.isnan(e):
+            category_logs[c or ""].append(np.log1p(e))
+    global_log = float(np.nanmean(np.log1p(ref_engagement)))
     return {
-        "enrich": s.output["exposure_prior"].to_numpy(),
-        "TF-IDF nearest neighbours": weighted_knn(ref_engagement[s.lex_positions], s.lex_sims),
-        "MiniLM nearest neighbours": weighted_knn(ref_engagement[s.emb_positions], s.emb_sims),
+        "enrich": s.output["exposure_prior"].to_numpy()[known],
+        "TF-IDF nearest neighbours": _knn_of_known(ref_engagement[s.lex_positions], s.lex_sims)[known],
+        "MiniLM nearest neighbours": _knn_of_known(ref_engagement[s.emb_positions], s.emb_sims)[known],
         "true category's mean": np.array([np.mean(category_logs[c or ""]) if c in category_logs else global_log
-                                          for c in s.truth_category]),
+                                          for c, k in zip(s.truth_category, known) if k]),
         "popularity only (global mean)": np.full(len(truth), global_log),
         "random": np.random.default_rng(seed).random(len(truth)),
     }
 
 
+def _knn_of_known(neighbor_engagement: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """The plain kNN baseline over the neighbours whose engagement is known (all of them in most catalogs)."""
+    known = ~np.isnan(neighbor_engagement)
+    if known.all():
+        return weighted_knn(neighbor_engagement, sims)
+    return weighted_knn(np.where(known, neighbor_engagement, 0.0), np.where(known, sims, 0.0))
+
+
 def _prior_metrics(s: Split, prior_scores: dict[str, np.ndarray], k: int) -> dict:
-    truth, ref_engagement = s.truth_engagement, s.index.engagement
-    low, high = s.output["exposure_prior_low"].to_numpy(), s.output["exposure_prior_high"].to_numpy()
-    global_low, global_high = np.quantile(ref_engagement, [0.1, 0.9])
+    known = s.known
+    truth, ref_engagement, bucket = s.truth_engagement[known], s.index.engagement, s.bucket[known]
+    low, high = s.output["exposure_prior_low"].to_numpy()[known], s.output["exposure_prior_high"].to_numpy()[known]
+    global_low, global_high = np.nanquantile(ref_engagement, [0.1, 0.9])
     return {
         "ranking": {name: rank_metrics(scores, truth, k) for name, scores in prior_scores.items()},
         "interval_coverage": {
@@ -218,33 +241,39 @@ def _prior_metrics(s: Split, prior_scores: dict[str, np.ndarray], k: int) -> dic
             "popularity only (global 10%-90%)": float(np.mean((truth >= global_low) & (truth <= global_high))),
         },
         "interval_median_width": float(np.median(high - low)),
-        "spearman_by_bucket": {b: float(spearmanr(prior_scores["enrich"][s.bucket == b], truth[s.bucket == b]).statistic)
-                               if (s.bucket == b).sum() > 2 else None for b in BUCKETS},
+        "listings": int(known.sum()),
+        "spearman_by_bucket": {b: float(spearmanr(prior_scores["enrich"][bucket == b], truth[bucket == b]).statistic)
+                               if (bucket == b).sum() > 2 else None for b in BUCKETS},
     }
 
 
 def _metrics(index: ReferenceIndex, reference: pl.DataFrame, held_out: pl.DataFrame, output: pl.DataFrame, encoder: Encoder,
              config: EvalConfig) -> tuple[dict, dict[str, np.ndarray]]:
-    """Every measure, JSON-ready; and the priors' estimates of the held-out listings' engagement, for `simulate`."""
+    """Every measure, JSON-ready; and the priors' estimates of the held-out listings' engagement, for `simulate`.
+    Categories are scored on every labelled held-out listing; priors only where engagement is known (and not at all
+    where the index has no prior)."""
     s, head_threshold, tail_threshold = _split(index, reference, held_out, output, encoder, config)
     tags, by_bucket = _category_metrics(s)
-    prior_scores = _prior_scores(s, config.seed)
-    truth, ref_engagement = s.truth_engagement, index.engagement
-    exposure = exposure_shares(ref_engagement, {
-        "popularity only (new listings unseen)": np.zeros(len(truth)),
-        "prior mean (exposure_prior)": prior_scores["enrich"],
-        "optimistic prior (exposure_prior_high)": output["exposure_prior_high"].to_numpy(),
-    }, truth, tail_threshold, max(1, int(config.slate_share * (len(ref_engagement) + len(truth)))))
     predicted, truth = output["category"].to_list(), s.truth_category
     team = {"hierarchical": hierarchical_scores(predicted, truth),
             "acceptance": acceptance_scores(predicted, output["category_confident"].to_list(), output["review"].to_list(), truth),
             "policy": index.manifest["acceptance"]}
     metrics = {
         "tags": tags, "tags_by_bucket": by_bucket, "team": team, "neighbors": _neighbor_metrics(s, config.k),
-        "priors": _prior_metrics(s, prior_scores, config.k), "long_tail_exposure": exposure,
+        "priors": None, "long_tail_exposure": None,
         "buckets": {"head_at_least": head_threshold, "tail_at_most": tail_threshold,
                     "counts": {b: int((s.bucket == b).sum()) for b in BUCKETS}},
     }
+    if index.prior is None or s.known.sum() < 3:
+        return metrics, {}
+    prior_scores = _prior_scores(s, config.seed)
+    ref_engagement = index.engagement[~np.isnan(index.engagement)]
+    metrics["priors"] = _prior_metrics(s, prior_scores, config.k)
+    metrics["long_tail_exposure"] = exposure_shares(ref_engagement, {
+        "popularity only (new listings unseen)": np.zeros(int(s.known.sum())),
+        "prior mean (exposure_prior)": prior_scores["enrich"],
+        "optimistic prior (exposure_prior_high)": output["exposure_prior_high"].to_numpy()[s.known],
+    }, s.truth_engagement[s.known], tail_threshold, max(1, int(config.slate_share * (len(ref_engagement) + int(s.known.sum())))))
     estimates = {"enrich": prior_scores["enrich"],  # the baselines' means are of log engagement
                  "TF-IDF nearest neighbours": np.expm1(prior_scores["TF-IDF nearest neighbours"]),
                  "true category's mean": np.expm1(prior_scores["true category's mean"])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 from matplotlib.figure import Figure  # no pyplot: no backend, so it runs headless and leaves notebooks' alone
 
 from enrich.category.calibration import score_bins
@@ -48,13 +49,14 @@ def write_all(evaluation, out_dir: Path) -> list[Path]:
     known = held["true_category"].is_not_null().to_numpy()
     scores = held["category_score"].fill_null(0).to_numpy()[known]
     correct = (held["category"] == held["true_category"]).fill_null(False).to_numpy()[known]
-    figures = {
-        "calibration.png": lambda ax: calibration(ax, scores, correct),
-        "prior_vs_truth.png": lambda ax: prior_vs_truth(
-            ax, held["exposure_prior"].to_numpy(), held["exposure_prior_low"].to_numpy(),
-            held["exposure_prior_high"].to_numpy(), held["true_engagement"].to_numpy()),
-        "long_tail.png": lambda ax: long_tail(ax, evaluation.reference_engagement, evaluation.metrics["long_tail_exposure"]),
-    }
+    figures = {"calibration.png": lambda ax: calibration(ax, scores, correct)}
+    if evaluation.metrics["priors"] is not None:  # where engagement is known
+        rated = held.filter(pl.col("true_engagement").is_not_null() & pl.col("exposure_prior").is_not_null())
+        engaged = evaluation.reference_engagement[~np.isnan(evaluation.reference_engagement)]
+        figures["prior_vs_truth.png"] = lambda ax: prior_vs_truth(
+            ax, rated["exposure_prior"].to_numpy(), rated["exposure_prior_low"].to_numpy(),
+            rated["exposure_prior_high"].to_numpy(), rated["true_engagement"].to_numpy())
+        figures["long_tail.png"] = lambda ax: long_tail(ax, engaged, evaluation.metrics["long_tail_exposure"])
     written = []
     for name, draw in figures.items():
         fig = Figure(figsize=(6, 4.5))

@@ -31,7 +31,9 @@ def to_markdown(m: dict) -> str:
     k = m["setup"]["config"]["k"]
     s = m["setup"]
     lines = [f"Catalog `{s['catalog']}`: {s['reference']} reference listings, {s['held_out']} held out ({s['split']}), "
-             f"{s['seconds']} s.", "", "**Tags** (rows with a known category)", "",
+             f"{s['seconds']} s."]
+    lines += [""] + [f"Warning: {warning}" for warning in m.get("warnings", [])] if m.get("warnings") else []
+    lines += ["", "**Tags** (rows with a known category)", "",
              "| level | enrich acc | weighted F1 | macro F1 | TF-IDF + LR acc | weighted F1 | macro F1 |", "|---|---|---|---|---|---|---|"]
     ours, base = m["tags"]["enrich"], m["tags"]["TF-IDF + logistic regression"]
     for level in ours:
@@ -59,8 +61,16 @@ def to_markdown(m: dict) -> str:
               "**Neighbours**", "", f"| | same-leaf precision@{k} |", "|---|---|"]
     for name, value in m["neighbors"][f"precision@{k}"].items():
         lines.append(f"| {name} | {_f(value)} |")
-    lines += ["", f"hnswlib recall@{k} against exact search: {_f(m['neighbors'][f'index_recall@{k}'])}", "",
-              "**Exposure priors** (held-out listings ranked by prior against their true engagement)", "",
+    lines += ["", f"hnswlib recall@{k} against exact search: {_f(m['neighbors'][f'index_recall@{k}'])}"]
+    if m["priors"] is None:
+        lines += ["", "**Exposure priors**: not measured: no held-out listing has engagement (or the index has no prior)."]
+        return "\n".join(lines)
+    return "\n".join(lines + _prior_markdown(m, k))
+
+
+def _prior_markdown(m: dict, k: int) -> list[str]:
+    lines = ["", f"**Exposure priors** ({m['priors']['listings']} held-out listings with engagement, ranked by prior "
+             "against their true engagement)", "",
               f"| | Spearman | NDCG@{k} | NDCG@100 |", "|---|---|---|---|"]
     for name, row in m["priors"]["ranking"].items():
         lines.append(f"| {name} | {_f(row['spearman'])} | {_f(row[f'ndcg@{k}'])} | {_f(row['ndcg@100'])} |")
@@ -77,7 +87,7 @@ def to_markdown(m: dict) -> str:
             lines.append(f"| {name} | {_f(row['new_listings_share'])} | {_f(row['tail_share'])} | {row['new_listings_shown']} | "
                          f"{_f(row['mean_engagement_of_new_shown'])} |")
     lines.append(f"\nMean true engagement of all held-out listings: {m['long_tail_exposure']['mean_engagement_of_all_new']:.2f}.")
-    return "\n".join(lines)
+    return lines
 
 
 def write_report(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:

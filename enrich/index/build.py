@@ -14,12 +14,15 @@ import polars as pl
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
+from enrich.catalog import CatalogError, Columns, listing_texts
+from enrich.catalog.inspect import catalog_warnings, reading_notes
+from enrich.catalog.load import read_catalog
 from enrich.catalog.decisions import apply_decisions, read_decisions
 from enrich.category.lexical_model import CategoryModel
 from enrich.category.tagger import Tagger
 from enrich.config import EnrichConfig
-from enrich.embed import Encoder, text_hashes
+from enrich.embed import BatchEncoder, Encoder, text_hashes
+from enrich.errors import ArtifactError
 from enrich.files import NpyRowWriter, exclusive_lock, file_digests
 from enrich.index.calibration import fit_acceptance
 from enrich.index.lexical import Lexical
@@ -63,8 +66,8 @@ class EmbeddingCache:
             old = pl.read_parquet(out_dir / REFERENCE, columns=["text_hash"])["text_hash"].to_list()
             self.vectors = np.load(out_dir / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
             self.key = embedding_cache_key(encoder, manifest["encoder"]["dtype"])
-        except (OSError, KeyError, ValueError, pl.exceptions.PolarsError, json.JSONDecodeError):
-            return
+        except (OSError, KeyError, ValueError, ArtifactError, pl.exceptions.PolarsError, json.JSONDecodeError):
+            return  # no earlier build here to reuse: every listing is embedded
         if len(old) == len(self.vectors):
             self.where = {h: i for i, h in enumerate(old)}
 
@@ -91,14 +94,36 @@ def build_index(reference_path: str | Path, out_dir: str | Path, columns: Column
     (`enrich review export`), relabel the listings they name and add the reviewed ones (see `catalog.decisions`).
     """
     started = time.perf_counter()
-    frame = load_catalog(reference_path, columns, config.cleaning, reference=True)
-    learned = None
+    catalog = read_catalog(reference_path, columns, config.cleaning, reference=True)
+    frame, learned = catalog.frame, None
     if decisions is not None:
         frame, learned = apply_decisions(frame, read_decisions(decisions))
         learned["source"] = str(decisions)
-    return build_index_from_frame(frame, out_dir, source=str(reference_path), columns=columns, config=config,
-                                  progress=progress, encoder=encoder, started=started, tagger_dir=tagger_dir,
-                                  engine=engine, decisions=learned)
+    summary = build_index_from_frame(frame, out_dir, source=str(reference_path), columns=catalog.details.columns,
+                                     config=config, progress=progress, encoder=encoder, started=started,
+                                     tagger_dir=tagger_dir, engine=engine, decisions=learned)
+    summary.notes = reading_notes(catalog.details) + summary.notes
+    summary.warnings = catalog_warnings(catalog) + summary.warnings
+    return summary
+
+
+def embed_on_actors(texts: list[str], encoder_config, engine: EngineConfig, max_batch_rows: int = 4096) -> np.ndarray:
+    """The encoder over texts on the engine's actors (`BatchEncoder`); vectors in the order of texts."""
+    import pyarrow as pa
+
+    from enrich.engine import actor_count, map_on_actors
+
+    # At least four batches per actor, so that every actor has work and a slow one holds nothing up.
+    batch_rows = int(min(max_batch_rows, max(64, -(-len(texts) // (4 * actor_count(engine))))))
+    blocks = [pa.table({"row": np.arange(start, min(start + batch_rows, len(texts))),
+                        "text": texts[start: start + batch_rows]}) for start in range(0, len(texts), batch_rows)]
+    out = np.zeros((len(texts), 0), np.float32)
+    for batch in map_on_actors(blocks, BatchEncoder, (encoder_config,), engine):
+        vectors = np.stack(batch.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+        if out.shape[1] == 0:
+            out = np.zeros((len(texts), vectors.shape[1]), np.float32)
+        out[batch.column("row").to_numpy()] = vectors
+    return out
 
 
 @dataclass
@@ -127,9 +152,7 @@ def embed_reference(ok: pl.DataFrame, out_dir: Path, folder: Path, encoder: Enco
             found, vectors = cache.lookup(texts, chunk_hashes)
             missing = np.flatnonzero(~found)
             if len(missing) and engine.is_ray:
-                from enrich.engine import embed_with_ray
-
-                vectors[missing] = embed_with_ray([texts[i] for i in missing], encoder.config, engine)
+                vectors[missing] = embed_on_actors([texts[i] for i in missing], encoder.config, engine)
             elif len(missing):
                 vectors[missing] = encoder.encode([texts[i] for i in missing])
             embeddings.write(vectors)
@@ -142,11 +165,14 @@ def embed_reference(ok: pl.DataFrame, out_dir: Path, folder: Path, encoder: Enco
     return Embedded(neighbors, sp.vstack(lexical_parts, format="csr"), hashes, reused)
 
 
-def fit_prior(ok: pl.DataFrame, embedded: Embedded, config: EnrichConfig) -> ExposurePrior:
+def fit_prior(ok: pl.DataFrame, embedded: Embedded, config: EnrichConfig) -> ExposurePrior | None:
     """The prior, fitted on a sample of the reference listings that have engagement, each left out of its own
-    neighbours (listings the team labelled without engagement are neighbours whose engagement is unknown)."""
+    neighbours (listings without engagement, such as those the team labelled, are neighbours whose engagement is
+    unknown). None where too few listings have engagement to fit one."""
     engagement = ok["engagement"].fill_null(float("nan")).to_numpy().astype(np.float64)
     known = np.flatnonzero(~np.isnan(engagement))
+    if len(known) < MIN_REFERENCE:
+        return None
     brands = ok["brand"].to_list()
     fitted_on = known[fit_sample(len(known), config.prior.fit_rows, config.prior.seed)]
     evidence = reference_evidence(None, embedded.neighbors, embedded.lexical_matrix, engagement, brands,
@@ -167,9 +193,9 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
     if tagger_dir is not None:
         Tagger.check(tagger_dir)
     ok = frame.filter(pl.col("status") == "ok")
-    if ok["engagement"].count() < MIN_REFERENCE:
+    if ok.height < MIN_REFERENCE:
         raise CatalogError(f"{source}: {ok.height} usable reference listings (of {frame.height} rows); an index needs at"
-                           f" least {MIN_REFERENCE} with a title and a numeric engagement")
+                           f" least {MIN_REFERENCE}")
     encoder = encoder or Encoder(config.encoder)
     with exclusive_lock(out_dir, "this index"), new_version(out_dir) as folder:
         lexical = Lexical.fit(listing_texts(ok[fit_sample(ok.height, config.lexical.fit_rows, config.prior.seed)]),
@@ -182,6 +208,10 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
                                     config.acceptance)
         summary = Summary.of(frame, started)
         summary.reused_embeddings = embedded.reused
+        known_engagement = int(ok["engagement"].count())
+        if prior is None:
+            summary.warnings.append(f"no exposure prior: {known_engagement} reference listings have engagement, fewer than"
+                                    f" {MIN_REFERENCE}; `enrich run` writes the prior's columns as null")
         manifest = {
             "format": FORMAT, "built_at": now(), "source": source, "columns": asdict(columns), "config": asdict(config),
             "encoder": encoder.identity(),
@@ -189,9 +219,10 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
             # Also relative to the folder that holds the index, so that the two can be moved together.
             "tagger_relative": os.path.relpath(Path(tagger_dir).resolve(), out_dir.resolve().parent) if tagger_dir else None,
             "packages": package_versions(),
-            "counts": {"rows": frame.height, "indexed": ok.height, "refused": frame.height - ok.height,
+            "counts": {"rows": frame.height, "indexed": ok.height, "refused": frame.height - ok.height - summary.merged,
+                       "merged": summary.merged, "with_engagement": known_engagement,
                        "reused_embeddings": embedded.reused, "lexical_vocabulary": lexical.vocabulary_size},
-            "prior_fit": prior.fit_metrics,
+            "prior_fit": prior.fit_metrics if prior is not None else None,
             "category_model": category_model.info if category_model else None,
             "acceptance": {"target_precision": acceptance.target_precision, "confidence": acceptance.confidence,
                            "thresholds": acceptance.thresholds, "metrics": acceptance.metrics} if acceptance else None,
@@ -205,7 +236,8 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
         embedded.neighbors.save(str(folder / GRAPH))
         lexical.save(folder)
         sp.save_npz(folder / LEXICAL_MATRIX, embedded.lexical_matrix, compressed=False)  # zlib costs seconds at 100k
-        prior.save(folder)
+        if prior is not None:
+            prior.save(folder)
         if category_model is not None:
             category_model.save(folder)
         if acceptance is not None:

@@ -14,6 +14,7 @@ from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel, CategoryModelConfig
 from enrich.category.tagger import Tagger
 from enrich.category.vote import ClassifierScores, VoteConfig, vote
+from enrich.errors import ConfigError
 from enrich.index.neighbors import NeighborIndex
 from enrich.sampling import fit_sample
 
@@ -33,9 +34,9 @@ class AcceptanceConfig:
 
     def __post_init__(self):
         if not 0 < self.target_precision < 1:
-            raise ValueError(f"the precision to accept at must be between 0 and 1, not {self.target_precision}")
+            raise ConfigError(f"the precision to accept at must be between 0 and 1, not {self.target_precision}")
         if self.confidence is not None and not 0 < self.confidence < 1:
-            raise ValueError(f"the confidence of the acceptance precision must be between 0 and 1, not {self.confidence}")
+            raise ConfigError(f"the confidence of the acceptance precision must be between 0 and 1, not {self.confidence}")
 
 
 def calibration_rows(ok: pl.DataFrame, tagger: Tagger | None, config: AcceptanceConfig) -> tuple[np.ndarray, str]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import hnswlib
 import numpy as np
 
+from enrich.errors import ArtifactError
+
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -59,7 +61,7 @@ class NeighborIndex:
         index = hnswlib.Index(space="cosine", dim=dim)
         index.load_index(path, max_elements=max(count, 1))
         if index.get_current_count() != count:
-            raise ValueError(f"{path} holds {index.get_current_count()} vectors, the id map {count}")
+            raise ArtifactError(f"{path} holds {index.get_current_count()} vectors, the id map {count}")
         return cls(index, config, deleted)
 
     def __len__(self) -> int:

@@ -20,6 +20,7 @@ from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder, EncoderConfig, local_model_folder, model_fingerprint, packaged_model_path
+from enrich.errors import ArtifactError, ConfigError
 from enrich.files import DamagedFile, check_files
 from enrich.index.lexical import Lexical, LexicalConfig
 from enrich.index.neighbors import IndexConfig, NeighborIndex
@@ -32,10 +33,10 @@ EMBEDDINGS = "embeddings.npy"
 GRAPH = "hnsw.bin"
 LEXICAL_MATRIX = "lexical_matrix.npz"
 REFUSED = "refused.parquet"  # reference rows that could not be indexed, with why
-REQUIRED = (MANIFEST, REFERENCE, EMBEDDINGS, GRAPH, LEXICAL_MATRIX, *Lexical.FILES, *ExposurePrior.FILES)
+REQUIRED = (MANIFEST, REFERENCE, EMBEDDINGS, GRAPH, LEXICAL_MATRIX, *Lexical.FILES)  # the prior's: where it has one
 
 
-class IndexMismatch(CatalogError):
+class IndexMismatch(ArtifactError):
     """An index folder that this encoder or this version of enrich cannot use, or whose files are damaged."""
 
 
@@ -58,11 +59,12 @@ def read_manifest(folder: Path) -> dict:
 
 
 class ReferenceIndex:
-    """A loaded index folder: the reference listings, their vectors, the hnswlib graph, the prior, and the
-    TF-IDF category model (None where the reference catalog gave fewer than two categories)."""
+    """A loaded index folder: the reference listings, their vectors, the hnswlib graph, the prior (None where the
+    reference catalog had no engagement), and the TF-IDF category model (None where it gave fewer than two
+    categories)."""
 
     def __init__(self, folder: Path, manifest: dict, reference: pl.DataFrame, embeddings: np.ndarray,
-                 neighbors: NeighborIndex, lexical: Lexical, lexical_matrix: sp.csr_matrix, prior: ExposurePrior,
+                 neighbors: NeighborIndex, lexical: Lexical, lexical_matrix: sp.csr_matrix, prior: ExposurePrior | None,
                  category_model: CategoryModel | None, acceptance: AcceptancePolicy | None = None):
         self.folder, self.manifest, self.reference = folder, manifest, reference
         self.embeddings, self.neighbors = embeddings, neighbors
@@ -71,7 +73,11 @@ class ReferenceIndex:
         self.acceptance = acceptance  # None where the reference had too few labelled listings to calibrate on
         self.ids = np.array(reference["id"].to_list(), dtype=object)
         self.categories = np.array(reference["category"].to_list(), dtype=object)
-        self.engagement = reference["engagement"].fill_null(float("nan")).to_numpy().astype(np.float64)  # NaN: labelled only
+        self.engagement = reference["engagement"].fill_null(float("nan")).to_numpy().astype(np.float64)  # NaN: unknown
+        # Listings that may be linked as similar popular ones: those with engagement, or every one where the reference
+        # catalog had no engagement at all (then they are similar listings, without a popularity to rank them by).
+        known = ~np.isnan(self.engagement)
+        self.linkable = known if known.any() else np.ones(len(known), bool)
 
     @classmethod
     def load(cls, folder: str | Path, encoder: Encoder | None = None, verify: bool = False) -> "ReferenceIndex":
@@ -97,7 +103,8 @@ class ReferenceIndex:
             neighbors = NeighborIndex.load(str(folder / GRAPH), embeddings.shape[1], reference.height, config,
                                            int(reference["deleted"].sum()))
             return cls(folder, manifest, reference, embeddings, neighbors, Lexical.load(folder),
-                       sp.load_npz(folder / LEXICAL_MATRIX).tocsr(), ExposurePrior.load(folder),
+                       sp.load_npz(folder / LEXICAL_MATRIX).tocsr(),
+                       ExposurePrior.load(folder) if manifest.get("prior_fit") is not None else None,
                        CategoryModel.load(folder) if manifest["category_model"] else None,
                        AcceptancePolicy.load(folder) if manifest["acceptance"] else None)
         except (TypeError, KeyError, ValueError, OSError, json.JSONDecodeError, pl.exceptions.PolarsError) as e:
@@ -130,7 +137,7 @@ def encoder_for(folder: str | Path) -> Encoder:
         raise IndexMismatch(f"{folder / MANIFEST}: the encoder's settings cannot be read ({e}); rebuild the index") from None
     try:
         weights = local_model_folder(config.model_path or packaged_model_path())
-    except ValueError as e:
+    except ConfigError as e:
         raise IndexMismatch(f"{folder / MANIFEST} names an encoder that is not on this machine: {e}") from None
     if model_fingerprint(str(weights)) != recorded:
         raise IndexMismatch(f"{folder / MANIFEST}: the encoder at {weights} is not the one the index was built with"
@@ -156,5 +163,5 @@ def query_config(index: ReferenceIndex, requested: EnrichConfig) -> EnrichConfig
     built = index.manifest["config"]
     return replace(
         requested, encoder=EncoderConfig(**built["encoder"]), index=IndexConfig(**built["index"]),
-        lexical=LexicalConfig(**built["lexical"]), prior=index.prior.config,
+        lexical=LexicalConfig(**built["lexical"]), prior=index.prior.config if index.prior is not None else requested.prior,
     )

@@ -22,12 +22,13 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from enrich.catalog import CatalogError, Columns, listing_texts, load_catalog
+from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.catalog.decisions import apply_decisions, read_decisions, relabel
 from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
 from enrich.config import EnrichConfig
 from enrich.embed import text_hashes
+from enrich.errors import InputError
 from enrich.files import NpyRowWriter, exclusive_lock, file_digests
 from enrich.index.build import BUILD_CHUNK_ROWS, MIN_REFERENCE, embedding_cache_key, text_chunks
 from enrich.index.lexical import Lexical
@@ -95,12 +96,12 @@ def update_index(reference_path: str | Path, out_dir: str | Path, columns: Colum
         gone = change.replaced + (change.missing if delete_missing else [])
         live = int((~index.reference["deleted"]).sum())
         if delete_missing and len(change.missing) > max_delete_share * live:
-            raise CatalogError(
+            raise InputError(
                 f"{reference_path}: lacks {len(change.missing)} of the index's {live} listings ({len(change.missing) / live:.0%});"
                 f" --delete-missing deletes at most {max_delete_share:.0%} of them. If the file really is the whole catalog,"
                 f" say so with --max-delete {len(change.missing) / live:.2f} (the previous version stays: `--rollback`)")
         if live - len(gone) + change.added.height < MIN_REFERENCE:
-            raise CatalogError(f"{reference_path}: the update would leave fewer than {MIN_REFERENCE} listings in the index")
+            raise InputError(f"{reference_path}: the update would leave fewer than {MIN_REFERENCE} listings in the index")
         reference = refreshed_reference(index.reference, change.current, change.added.select(change.current.columns), gone)
         if decided is not None:  # the index's own listings that the file does not repeat are relabelled too
             reference = relabel(reference, decided, ~pl.col("deleted"))
@@ -139,7 +140,7 @@ def write_update(index: ReferenceIndex, out_dir: Path, frame: pl.DataFrame, refe
               "replaced": len(change.replaced), "refreshed": change.unchanged.height,
               "categories_unknown_to_the_model": len(unknown), "decisions": decisions}
     manifest = updated_manifest(index.manifest, reference, update, started)
-    unchanged_files = (*Lexical.FILES, *ExposurePrior.FILES, *(CategoryModel.FILES if index.category_model else ()),
+    unchanged_files = (*Lexical.FILES, *(ExposurePrior.FILES if index.prior else ()), *(CategoryModel.FILES if index.category_model else ()),
                        *((AcceptancePolicy.FILE,) if index.acceptance else ()))
     with new_version(out_dir) as folder:
         reference.write_parquet(folder / REFERENCE)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from enrich.catalog import CatalogError
+from enrich.errors import InputError
 from enrich.files import OutputError, is_artifact_folder
 
 def _versions(out_dir: Path, suffix: str = "") -> list[Path]:
@@ -42,7 +42,7 @@ def new_version(out_dir: Path) -> Iterator[Path]:
             os.replace(out_dir, adopted)
             os.symlink(adopted.name, out_dir)
         elif any(out_dir.iterdir()):
-            raise CatalogError(f"{out_dir} exists and is not an enrich index; choose another --out")
+            raise InputError(f"{out_dir} exists and is not an enrich index; choose another --out")
         else:
             out_dir.rmdir()
     for stale in _versions(out_dir, ".partial"):  # left by a killed writer: the lock says none is running
@@ -79,8 +79,8 @@ def rollback(out_dir: Path) -> Path:
     versions = list_versions(Path(out_dir))
     current = [i for i, (_, is_current) in enumerate(versions) if is_current]
     if not current or current[0] == 0:
-        raise CatalogError(f"{out_dir}: no earlier version to roll back to"
-                           f" ({len(versions)} version{'s' if len(versions) != 1 else ''} kept)")
+        raise InputError(f"{out_dir}: no earlier version to roll back to"
+                         f" ({len(versions)} version{'s' if len(versions) != 1 else ''} kept)")
     previous = versions[current[0] - 1][0]
     switch_to(Path(out_dir), previous)
     return previous

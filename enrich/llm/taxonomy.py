@@ -21,6 +21,7 @@ import polars as pl
 import yaml
 
 from enrich.category.paths import PATH_SEPARATOR as SEPARATOR
+from enrich.errors import InputError
 from enrich.files import write_npy
 from enrich.llm.answers import ask, choice_share
 
@@ -72,7 +73,7 @@ def categories_from_yaml(folder: Path) -> pl.DataFrame:
         for node in yaml.safe_load(file.read_text()) or []:
             nodes[node["id"]] = node
     if not nodes:
-        raise ValueError(f"no category YAML files in {folder}")
+        raise InputError(f"no category YAML files in {folder}")
     parent = {child: node["id"] for node in nodes.values() for child in node.get("children", [])}
 
     def path(node_id: str) -> str:
@@ -99,7 +100,7 @@ def load_taxonomy(source: Path | None = None) -> Taxonomy:
         version_file = source.parent / "VERSION"
         version = version_file.read_text().strip() if version_file.exists() else ""
     else:
-        raise ValueError(f"no taxonomy at {source}")
+        raise InputError(f"no taxonomy at {source}")
     taxonomy = Taxonomy(ids=tuple(table["id"]), paths=tuple(table["path"]), version=version)
     return taxonomy if version else replace(taxonomy, version=taxonomy.fingerprint)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from importlib.resources import files
@@ -24,6 +23,8 @@ import jinja2
 import jinja2.meta
 import yaml
 
+from enrich.environment import variable
+from enrich.errors import ArtifactError, ConfigError
 from enrich.files import write_text
 
 KEYS = {"task", "version", "description", "variables", "template"}
@@ -33,7 +34,7 @@ _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newlin
 
 def prompts_dir() -> Path:
     """The released prompts shipped with enrich, or ENRICH_PROMPTS for a team that keeps its own."""
-    return Path(os.environ.get("ENRICH_PROMPTS") or str(files("enrich.prompts")))
+    return Path(variable("ENRICH_PROMPTS") or str(files("enrich.prompts")))
 
 
 @dataclass(frozen=True)
@@ -63,21 +64,21 @@ def read_template(path: Path, released: dict[str, str] | None = None) -> PromptT
     raw = path.read_bytes()
     match = FILE_NAME.fullmatch(path.name)
     if not match:
-        raise ValueError(f"{path}: a prompt file is named <task>.v<N>.yaml")
+        raise ArtifactError(f"{path}: a prompt file is named <task>.v<N>.yaml")
     spec = yaml.safe_load(raw)
     if not isinstance(spec, dict) or set(spec) != KEYS:
         found = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
-        raise ValueError(f"{path}: a prompt file has exactly the keys {sorted(KEYS)}, found {found}")
+        raise ArtifactError(f"{path}: a prompt file has exactly the keys {sorted(KEYS)}, found {found}")
     if spec["task"] != match["task"] or spec["version"] != int(match["version"]):
-        raise ValueError(f"{path}: task/version inside ({spec['task']}.v{spec['version']}) differ from the name")
+        raise ArtifactError(f"{path}: task/version inside ({spec['task']}.v{spec['version']}) differ from the name")
     variables = tuple(spec["variables"])
     used = jinja2.meta.find_undeclared_variables(_ENV.parse(spec["template"]))
     if used != set(variables):
-        raise ValueError(f"{path}: the template uses {sorted(used)} but declares {sorted(variables)}")
+        raise ArtifactError(f"{path}: the template uses {sorted(used)} but declares {sorted(variables)}")
     digest = hashlib.sha256(raw).hexdigest()
     if released is not None and path.name in released and released[path.name] != digest:
-        raise ValueError(f"{path} was edited after its release; released prompts never change: "
-                         f"restore it and put the change in a new version")
+        raise ArtifactError(f"{path} was edited after its release; released prompts never change: "
+                            f"restore it and put the change in a new version")
     return PromptTemplate(task=spec["task"], version=spec["version"], description=spec["description"],
                           variables=variables, source=spec["template"], sha256=digest)
 
@@ -94,11 +95,11 @@ def load_prompt(task: str, version: int | None = None, folder: Path | None = Non
     if version is None:
         versions = [int(m["version"]) for name in released if (m := FILE_NAME.fullmatch(name)) and m["task"] == task]
         if not versions:
-            raise ValueError(f"no released prompt for task {task!r} in {folder}")
+            raise ConfigError(f"no released prompt for task {task!r} in {folder}")
         version = max(versions)
     path = folder / f"{task}.v{version}.yaml"
     if not path.exists():
-        raise ValueError(f"no prompt file {path}")
+        raise ConfigError(f"no prompt file {path}")
     return read_template(path, released)
 
 

@@ -17,8 +17,9 @@ from enrich.category.tagger import Tagger
 from enrich.category.vote import category_shares, mixed_shares, vote
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder
-from enrich.index.store import ReferenceIndex, encoder_for, query_config, recorded_tagger
+from enrich.index.store import ReferenceIndex
 from enrich.prior import FEATURES
+from enrich.run.models import Models
 from enrich.run.score import classifier_scores, enrich_frame, find_evidence
 
 SOURCE_NAMES = {"neighbors": "neighbours' vote", "lexical": "TF-IDF category model", "tagger": "fine-tuned tagger"}
@@ -62,7 +63,7 @@ def explain_listing(row: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, 
         probabilities = tagger.tag_probabilities(found.texts, tagger_logits)[0]
         explained.tag_probabilities = [(tagger.tag_labels[j], float(probabilities[j])) for j in np.argsort(-probabilities)[:alternatives]]
         explained.tag_threshold = tagger.tag_threshold
-    linkable = ~np.isnan(index.engagement[positions])
+    linkable = index.linkable[positions]
     order = vote(index.categories[positions][None, :], sims[None, :], config.vote, classifiers, [listing["category"]],
                  linkable[None, :]).order[0]
     for j in order[linkable[order]]:
@@ -70,6 +71,8 @@ def explain_listing(row: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, 
         explained.neighbors.append({"id": reference["id"], "cosine": float(sims[j]), "engagement": reference["engagement"],
                                     "category": reference["category"], "title": reference["title"]})
     prior = index.prior
+    if prior is None:
+        return explained
     features = prior.features(found.evidence)[0]
     explained.prior_terms = sorted(((name, float(value), float(weight), float(weight * value))
                                     for name, value, weight in zip(FEATURES, features, prior.coef)), key=lambda t: -abs(t[3]))
@@ -95,8 +98,11 @@ def render(e: Explanation) -> list[str]:
         lines.append(f"  the tagger's probabilities for the catalog's tags (written from {e.tag_threshold:.2f}):")
         lines += [f"    {p:6.1%}  {tag}" for tag, p in e.tag_probabilities]
     lines += ["", "neighbours (in output order): cosine, engagement, category, title"]
-    lines += [f"  {n['cosine']:.3f}  {n['engagement']:>8g}  {n['category'] or '-'}  |  {n['title']}" for n in e.neighbors]
+    lines += [f"  {n['cosine']:.3f}  {n['engagement'] if n['engagement'] is not None else '-':>8}  {n['category'] or '-'}"
+              f"  |  {n['title']}" for n in e.neighbors]
     p = e.prior
+    if not p:
+        return lines + ["", "exposure prior: none (the index's reference catalog has no engagement)"]
     lines += ["", f"exposure prior: {out['exposure_prior']:.2f} (80% interval {out['exposure_prior_low']:.2f} to "
               f"{out['exposure_prior_high']:.2f}), evidence {out['prior_evidence']:.2f} reference listings' worth",
               f"  on the log scale, log1p(engagement): {p['log_mean']:.3f} = intercept {p['intercept']:.3f}"
@@ -107,10 +113,9 @@ def render(e: Explanation) -> list[str]:
     return lines
 
 
-def explain(listing_id: str, new_path: str | Path, index_dir: str | Path, columns: Columns = Columns(),
-            config: EnrichConfig = EnrichConfig(), tagger_dir: str | Path | None = None) -> str:
-    """The explanation as text; `tagger_dir` as `enrich run --model` (default: the one the index names)."""
-    frame = load_catalog(new_path, columns, config.cleaning, reference=False)
+def explain(listing_id: str, new_path: str | Path, models: Models, columns: Columns = Columns()) -> str:
+    """The explanation as text, with the models `enrich run` would use (`Models`)."""
+    frame = load_catalog(new_path, columns, models.sources.config.cleaning, reference=False)
     rows = frame.filter(pl.col("id") == listing_id)
     if rows.height == 0:
         raise CatalogError(f"{new_path}: no listing with id '{listing_id}'")
@@ -118,8 +123,4 @@ def explain(listing_id: str, new_path: str | Path, index_dir: str | Path, column
     lines = [f"listing {listing['id']} (row {listing['row']}): {listing['title']}" + (f" | {listing['brand']}" if listing["brand"] else "")]
     if listing["status"] != "ok":
         return "\n".join(lines + [f"not enriched: {listing['status']}"])
-    encoder = encoder_for(index_dir)
-    index = ReferenceIndex.load(index_dir, encoder)
-    tagger_dir = tagger_dir or recorded_tagger(index)
-    tagger = Tagger.load(tagger_dir) if tagger_dir else None
-    return "\n".join(lines + render(explain_listing(rows.head(1), index, encoder, query_config(index, config), tagger)))
+    return "\n".join(lines + render(explain_listing(rows.head(1), models.index, models.encoder, models.config, models.tagger)))

@@ -14,44 +14,49 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 from tqdm.auto import tqdm
 
-from enrich.catalog import CatalogError, Columns, load_catalog
-from enrich.category.tagger import Tagger
+from enrich.catalog import Columns, load_catalog
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder
+from enrich.engine import EngineConfig
+from enrich.errors import ConfigError
 from enrich.files import check_output_path, exclusive_lock, write_json, write_table
 from enrich.index.build import build_index
-from enrich.index.store import FORMAT, MANIFEST, ReferenceIndex, encoder_for, query_config, recorded_tagger
+from enrich.index.store import FORMAT, MANIFEST
 from enrich.manifest import Summary, now, package_versions
-from enrich.engine import EngineConfig
-from enrich.run.score import OUTPUT_SCHEMA, as_output, enrich_part
+from enrich.run.models import Models, ModelSources
+from enrich.run.score import OUTPUT_SCHEMA, PartEnricher, as_output, enrich_part
+
+PART_COLUMN = "_part"  # a part's number, carried through the engine's actors
 
 
 def enrich(new_path: str | Path, out_path: str | Path, index_dir: str | Path | None = None,
            reference_path: str | Path | None = None, columns: Columns = Columns(), reference_columns: Columns | None = None,
            config: EnrichConfig = EnrichConfig(), progress: bool = True, tagger_dir: str | Path | None = None,
-           part_rows: int = 10_000, describer=None, engine: EngineConfig = EngineConfig(), encoder: Encoder | None = None,
-           ) -> Summary:
+           part_rows: int = 10_000, describe=None, engine: EngineConfig = EngineConfig(), encoder: Encoder | None = None,
+           describer=None) -> Summary:
     """Enrich new listings against an index folder, or build one from `reference_path` first (one shot).
 
     The tagger is `tagger_dir`, else the one the index was built with, else none (the neighbours' vote).
-    With a `describe.Describer`, each part also gets the LLM stage's attributes and taxonomy node.
-    `encoder`, when given (the describer's, so that a run loads one), must be the one the index was built with.
+    `describe` (an `llm.describe.DescribeConfig`) adds the LLM stage's attributes and taxonomy node to each part; or
+    `describer`, one already loaded, whose encoder is `encoder`, the one the index was built with.
     """
     started = time.perf_counter()
     if (index_dir is None) == (reference_path is None):
-        raise CatalogError("give either an index folder (--index) or a reference catalog (--reference)")
+        raise ConfigError("give either an index folder (--index) or a reference catalog (--reference)")
     if part_rows < 1:
-        raise CatalogError(f"--part-rows must be at least 1, not {part_rows}")
+        raise ConfigError(f"--part-rows must be at least 1, not {part_rows}")
     out_path = check_output_path(out_path, inputs=(new_path, reference_path))
     frame = load_catalog(new_path, columns, config.cleaning, reference=False)
+    describe = describer.config if describer is not None else describe
     with exclusive_lock(out_path, "this output"):
         parts = Path(str(out_path) + ".parts")
         run_key = _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows,
-                           describer.manifest() if describer else None)
+                           asdict(describe) if describe is not None else None)
         if parts.exists() and _read_json(parts / "run.json").get("key") != run_key:
             shutil.rmtree(parts)  # left by a run with other arguments: nothing in it can be reused
         try:
@@ -63,25 +68,14 @@ def enrich(new_path: str | Path, out_path: str | Path, index_dir: str | Path | N
                 if not (index_dir / MANIFEST).exists():
                     build_index(reference_path, index_dir, reference_columns or columns, config, progress, encoder=encoder,
                                 engine=engine)
-            encoder = encoder or encoder_for(index_dir)
-            index = ReferenceIndex.load(index_dir, encoder)
-            if reference_path is None:
-                config, tagger_dir = query_config(index, config), tagger_dir or recorded_tagger(index)
-            tagger = Tagger.load(tagger_dir) if tagger_dir else None
-            output = _enrich_parts(frame, parts, part_rows, index, index_dir, encoder, config, tagger, tagger_dir, describer,
-                                   engine, progress)
+            sources = ModelSources(str(index_dir), str(tagger_dir) if tagger_dir else None, config, describe)
+            models = Models(sources, encoder=encoder, describer=describer)
+            output = _enrich_parts(frame, parts, part_rows, models, engine, progress)
             summary = Summary.of(frame, started)
             summary.partial = int(output["status"].str.starts_with("partial").sum())
             write_table(output, out_path)
-            index_source = ({"reference": str(reference_path)} if reference_path is not None else
-                            {"index": str(index_dir), "index_built_at": index.manifest["built_at"]})
-            write_json(Path(str(out_path) + ".manifest.json"), {
-                "written_at": now(), "input": str(new_path), **index_source, "columns": asdict(columns),
-                "config": asdict(config), "part_rows": part_rows, "encoder": encoder.identity(),
-                "tagger": {"path": str(tagger_dir), "precision": asdict(tagger.precision),
-                           **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
-                "packages": package_versions(), "describe": describer.manifest() if describer else None,
-                "engine": asdict(engine), "summary": asdict(summary)})
+            write_json(Path(str(out_path) + ".manifest.json"), _manifest(new_path, index_dir, reference_path, columns,
+                                                                          models, part_rows, engine, summary))
         except Exception:  # an error would recur with the same arguments; after a kill or Ctrl-C the parts resume
             shutil.rmtree(parts, ignore_errors=True)
             raise
@@ -90,10 +84,24 @@ def enrich(new_path: str | Path, out_path: str | Path, index_dir: str | Path | N
     return summary
 
 
-def _enrich_parts(frame: pl.DataFrame, parts: Path, part_rows: int, index: ReferenceIndex, index_dir, encoder: Encoder,
-                  config: EnrichConfig, tagger: Tagger | None, tagger_dir, describer, engine: EngineConfig,
+def _manifest(new_path, index_dir, reference_path, columns: Columns, models: Models, part_rows: int,
+              engine: EngineConfig, summary: Summary) -> dict:
+    """What `OUT.manifest.json` records: the inputs, the resolved settings, the models and the summary."""
+    index_source = ({"reference": str(reference_path)} if reference_path is not None else
+                    {"index": str(index_dir), "index_built_at": models.index.manifest["built_at"]})
+    tagger = models.tagger
+    return {"written_at": now(), "input": str(new_path), **index_source, "columns": asdict(columns),
+            "config": asdict(models.config), "part_rows": part_rows, "encoder": models.encoder.identity(),
+            "tagger": {"path": str(models.tagger_dir), "precision": asdict(tagger.precision),
+                       **{k: tagger.info[k] for k in ("base_model", "config", "metrics")}} if tagger else None,
+            "packages": package_versions(), "describe": models.describer.manifest() if models.describer else None,
+            "engine": asdict(engine), "summary": asdict(summary)}
+
+
+def _enrich_parts(frame: pl.DataFrame, parts: Path, part_rows: int, models: Models, engine: EngineConfig,
                   progress: bool) -> pl.DataFrame:
-    """Every part of the output, each computed (here or on Ray) and saved unless a killed run saved it already."""
+    """Every part of the output, each computed (here or on the engine's actors) and saved unless a killed run saved it
+    already."""
     starts = list(range(0, frame.height, part_rows)) or [0]
 
     def part_file(number: int) -> Path:
@@ -108,17 +116,32 @@ def _enrich_parts(frame: pl.DataFrame, parts: Path, part_rows: int, index: Refer
             else:
                 todo[number] = chunk
         if engine.is_ray and todo:
-            from enrich.engine import enrich_parts_with_ray
-
-            describe_config = describer.config if describer is not None else None
-            for number, enriched in enrich_parts_with_ray(todo, index_dir, config, tagger_dir, describe_config, engine):
+            for number, enriched in _parts_on_actors(todo, models.sources, engine):
                 write_table(as_output(enriched), part_file(number))
                 bar.update(todo[number].height)
         else:
             for number, chunk in todo.items():
-                write_table(enrich_part(chunk, index, encoder, config, tagger, describer), part_file(number))
+                write_table(enrich_part(chunk, models), part_file(number))
                 bar.update(chunk.height)
     return pl.concat([pl.read_parquet(part_file(n)) for n in range(len(starts))]).cast(OUTPUT_SCHEMA)
+
+
+def _parts_on_actors(chunks: dict[int, pl.DataFrame], sources: ModelSources, engine: EngineConfig
+                     ) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Each pending part through `PartEnricher` on the engine's actors; (part number, output) as each part completes."""
+    from enrich.engine import map_on_actors
+
+    blocks = [chunk.with_columns(pl.lit(number, pl.Int64).alias(PART_COLUMN)).to_arrow()
+              for number, chunk in sorted(chunks.items())]
+    pending: dict[int, list[pl.DataFrame]] = {}
+    for batch in map_on_actors(blocks, PartEnricher, (sources, PART_COLUMN), engine):
+        frame = pl.from_arrow(batch)
+        for number in frame[PART_COLUMN].unique(maintain_order=True).to_list():
+            pending.setdefault(number, []).append(frame.filter(pl.col(PART_COLUMN) == number).drop(PART_COLUMN))
+            done = pl.concat(pending[number])
+            if done.height == chunks[number].height:
+                del pending[number]
+                yield number, done
 
 
 def _run_key(new_path, index_dir, reference_path, columns, reference_columns, config, tagger_dir, part_rows,

@@ -14,8 +14,10 @@ from enrich.category.tagger import Tagger
 from enrich.category.vote import ClassifierScores, VoteConfig, Votes, vote
 from enrich.config import EnrichConfig
 from enrich.embed import Encoder
+from enrich.errors import ArtifactError
 from enrich.index.store import ReferenceIndex
 from enrich.prior import Evidence, gather_evidence
+from enrich.run.models import Models, ModelSources
 
 OUTPUT_SCHEMA = {
     "id": pl.String,
@@ -40,9 +42,10 @@ OUTPUT_SCHEMA = {
     "notes": pl.String,
 }
 DESCRIBED = ("attributes", "taxonomy_id", "taxonomy_path", "taxonomy_score")
+NO_PRIOR = "no exposure prior: the index's reference catalog has no engagement"
 
 
-class OutOfRange(ValueError):
+class OutOfRange(ArtifactError):
     """An output value outside its range: a damaged index or a bug, never a result to write."""
 
 
@@ -172,11 +175,11 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
     if tagger_logits is None and tagger is not None and tagger.tag_labels:
         tagger_logits = tagger.logits(found.texts)
     classifiers = classifier_scores(found, index, tagger, rows=np.flatnonzero([not c for c in given]), tagger_logits=tagger_logits)
-    linkable = ~np.isnan(index.engagement[positions])  # listings the team labelled have no engagement to link to
+    linkable = index.linkable[positions]  # listings without engagement vote, but are not popular listings to link to
     votes = vote(index.categories[positions], sims, config.vote, classifiers, given, linkable)
     own = catalog_tags(ok, found, tagger, tagger_logits)
     confident, review = acceptance(votes, given, index)
-    estimate = index.prior.predict(found.evidence)
+    prior = _prior_columns(index, found.evidence)
     chosen = np.take_along_axis(positions, votes.order, 1)
     chosen_sims = np.take_along_axis(sims, votes.order, 1)
     enriched = pl.DataFrame({
@@ -186,16 +189,29 @@ def enrich_frame(frame: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, c
         "review": review,
         "tags": [path + [t for t, _ in extra] for path, extra in zip(votes.tags, own)],
         "tag_scores": [path + [p for _, p in extra] for path, extra in zip(votes.tag_scores, own)],
-        "neighbors": [index.ids[row][~np.isnan(index.engagement[row])].tolist() for row in chosen],
-        "neighbor_scores": [np.round(s[~np.isnan(index.engagement[row])].astype(np.float64), 5).tolist()
+        "neighbors": [index.ids[row][index.linkable[row]].tolist() for row in chosen],
+        "neighbor_scores": [np.round(s[index.linkable[row]].astype(np.float64), 5).tolist()
                             for row, s in zip(chosen, chosen_sims)],
-        "exposure_prior": estimate.expected,
-        "exposure_prior_low": estimate.low,
-        "exposure_prior_high": estimate.high,
-        "prior_evidence": estimate.evidence,
+        **prior,
     }, schema={k: v for k, v in OUTPUT_SCHEMA.items() if k not in ("id", "status", "notes", *DESCRIBED)})
     check_ranges(enriched, index)
-    return as_output(put_back(frame, ok_mask, enriched, ["id", "status", "notes"]))
+    output = put_back(frame, ok_mask, enriched, ["id", "status", "notes"])
+    if index.prior is None:
+        note = pl.lit(NO_PRIOR)
+        output = output.with_columns(pl.when(pl.col("status") == "ok").then(
+            pl.when(pl.col("notes") == "").then(note).otherwise(pl.col("notes") + "; " + note)).otherwise(pl.col("notes"))
+            .alias("notes"))
+    return as_output(output)
+
+
+def _prior_columns(index: ReferenceIndex, evidence: Evidence) -> dict[str, np.ndarray | list]:
+    """The prior's columns: its estimate, or nulls where the index has no prior (a reference without engagement)."""
+    if index.prior is None:
+        nulls = [None] * len(evidence.sims)
+        return {name: nulls for name in ("exposure_prior", "exposure_prior_low", "exposure_prior_high", "prior_evidence")}
+    estimate = index.prior.predict(evidence)
+    return {"exposure_prior": estimate.expected, "exposure_prior_low": estimate.low, "exposure_prior_high": estimate.high,
+            "prior_evidence": estimate.evidence}
 
 
 def add_description(enriched: pl.DataFrame, described: pl.DataFrame) -> pl.DataFrame:
@@ -213,18 +229,16 @@ def add_description(enriched: pl.DataFrame, described: pl.DataFrame) -> pl.DataF
     ).with_columns(partial_status()))
 
 
-def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, config: EnrichConfig,
-                tagger: Tagger | None = None, describer=None) -> pl.DataFrame:
-    """One part of a run's output: `enrich_frame`, then the LLM stage's columns when there is a describer."""
+def enrich_part(chunk: pl.DataFrame, models: Models) -> pl.DataFrame:
+    """One part of a run's output: `enrich_frame`, then the LLM stage's columns when the models have a describer."""
+    index, encoder, config, tagger, describer = models.index, models.encoder, models.config, models.tagger, models.describer
     if describer is None:
         return enrich_frame(chunk, index, encoder, config, False, tagger)
     from enrich.llm.describe import describe_frame
 
     usable = chunk["status"] == "ok"
     ok = chunk.filter(usable)
-    vectors = None
-    if describer.encoder is encoder:  # one embedding serves the neighbours and the taxonomy
-        vectors = encoder.encode(listing_texts(ok))
+    vectors = encoder.encode(listing_texts(ok))  # one embedding serves the neighbours and the taxonomy
     found = find_evidence(ok, index, encoder, config.index.candidates, vectors=vectors) if ok.height else None
     # The taxonomy query reads each listing's category: the one predicted, even for a listing that came with one,
     # or the one it came with where the describer's `bridge` says "given" (see TaxonomyConfig.bridge).
@@ -239,3 +253,16 @@ def enrich_part(chunk: pl.DataFrame, index: ReferenceIndex, encoder: Encoder, co
         for row, predicted in zip(came_with, predict_categories(found, index, tagger, config.vote, came_with, tagger_logits)):
             categories[row] = predicted
     return add_description(enriched, describe_frame(chunk, describer, vectors=vectors, categories=categories))
+
+
+class PartEnricher:
+    """A callable an engine runs on its workers: the models loaded once per worker (`Models`), parts of new listings
+    in, the output contract's rows out. The part's number rides along in `part_column`."""
+
+    def __init__(self, sources: ModelSources, part_column: str):
+        self.models, self.part_column = Models(sources), part_column
+
+    def __call__(self, batch):
+        frame = pl.from_arrow(batch)
+        parts = frame[self.part_column]
+        return enrich_part(frame.drop(self.part_column), self.models).with_columns(parts).to_arrow()

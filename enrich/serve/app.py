@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from enrich.errors import ConfigError
 from enrich.serve import api, pages
 from enrich.serve.workbench import Batcher, ServeConfig, Workbench
 
@@ -100,7 +101,7 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     if not is_loopback(config.host) and not config.token:
-        raise ValueError(f"--host {config.host} is reachable from other machines: give it a --token (or ENRICH_TOKEN)")
+        raise ConfigError(f"--host {config.host} is reachable from other machines: give it a --token (or ENRICH_TOKEN)")
     token = config.token or secrets.token_urlsafe(24)
     app = create_app(replace(config, token=token))
     print(f"enrich serve: http://{config.host}:{config.port}/?token={token}  (API: Authorization: Bearer {token})",

@@ -13,10 +13,9 @@ from pathlib import Path
 import polars as pl
 
 from enrich.catalog import Columns, frame_from_records, load_catalog
-from enrich.category.tagger import Tagger
-from enrich.config import EnrichConfig
-from enrich.index.store import ReferenceIndex, encoder_for, query_config, recorded_tagger
+from enrich.errors import InputError
 from enrich.run.explain import Explanation, explain_listing
+from enrich.run.models import Models, ModelSources
 from enrich.run.score import enrich_frame
 from enrich.serve.conflicts import Conflict, conflicts
 from enrich.serve.store import Store
@@ -42,7 +41,7 @@ class ServeConfig:
     uploads: str = ""  # where uploaded catalogs are kept (default: beside the store)
 
 
-class Refused(ValueError):
+class Refused(InputError):
     """Listings of one request that cannot be enriched: each with its position, id and why."""
 
     def __init__(self, details: list[dict]):
@@ -116,13 +115,11 @@ class Workbench:
 
     def __init__(self, config: ServeConfig):
         self.config = config
-        self.encoder = encoder_for(config.index)
-        self.index = ReferenceIndex.load(config.index, self.encoder)
-        self.enrich_config = query_config(self.index, EnrichConfig())
-        tagger_dir = config.model or recorded_tagger(self.index)
-        self.tagger = Tagger.load(tagger_dir) if tagger_dir else None
+        self.models = Models(ModelSources(config.index, config.model))
+        self.encoder, self.index, self.tagger = self.models.encoder, self.models.index, self.models.tagger
+        self.enrich_config = self.models.config
         self.store = Store(config.db)
-        self.models = threading.Lock()  # one batch through the models at a time: the API's and the uploads'
+        self.busy = threading.Lock()  # one batch through the models at a time: the API's and the uploads'
         self.known_paths = sorted(set(self.index.categories[self.index.categories != None].tolist())  # noqa: E711
                                   | set(self.tagger.labels if self.tagger else ()))
         self._conflicts: list[Conflict] | None = None
@@ -130,7 +127,7 @@ class Workbench:
         self.started = time.time()
 
     def enrich(self, frame: pl.DataFrame) -> pl.DataFrame:
-        with self.models:
+        with self.busy:
             return enrich_frame(frame, self.index, self.encoder, self.enrich_config, tagger=self.tagger)
 
     def enrich_requests(self, requests: list[list[dict]]) -> list[list[dict] | Refused]:
@@ -155,12 +152,12 @@ class Workbench:
     def explain(self, listing: dict) -> Explanation:
         record = {"id": listing["id"], "title": listing["title"], "brand": listing["brand"],
                   "description": listing["text"], "category": listing["given_category"], "tags": listing["tags"]}
-        with self.models:
+        with self.busy:
             return explain_listing(self.frame([record]), self.index, self.encoder, self.enrich_config, self.tagger)
 
     def conflicts(self) -> list[Conflict]:
         if self._conflicts is None:  # once per server: the index does not change under it
-            with self.models:
+            with self.busy:
                 self._conflicts = conflicts(self.index, self.config.conflict_cosine)
         return self._conflicts
 
@@ -191,7 +188,7 @@ class Workbench:
 def import_output(store: Store, name: str, listings: pl.DataFrame, output: pl.DataFrame, source: str) -> int:
     """A review batch made of `enrich run`'s output and the input it was made from, row for row."""
     if listings["id"].to_list() != output["id"].to_list():
-        raise ValueError(f"{source}: the output's ids are not the input's, row for row: was it made from this input?")
+        raise InputError(f"{source}: the output's ids are not the input's, row for row: was it made from this input?")
     batch = store.new_batch(name, source, listings.height)
     for start in range(0, listings.height, 5000):
         store.add_listings(batch, listings.slice(start, 5000), output.slice(start, 5000))
