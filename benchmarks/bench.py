@@ -26,16 +26,16 @@ from benchmarks.common import AMAZON, AMAZON_COLUMNS, DEFAULT_CATALOG, gpu_name,
 from benchmarks.docs import publish, update_section
 from benchmarks.team import markdown_rows, team_view
 from enrich.catalog import listing_texts, load_catalog
-from enrich.category.finetune import FinetuneConfig, finetune, training_data
+from enrich.category.finetune import finetune, training_data
+from enrich.settings import EncoderConfig, EvalConfig, FinetuneConfig, VoteConfig
 from enrich.category.tagger import Tagger
-from enrich.category.vote import ClassifierScores, VoteConfig, vote
-from enrich.cli import quiet_hugging_face
-from enrich.embed import Encoder, EncoderConfig, packaged_model_path
-from enrich.evaluation.evaluate import EvalConfig, evaluate, split_catalog
+from enrich.category.vote import ClassifierScores, vote
+from enrich.embed import Encoder, packaged_model_path, quiet_hugging_face
+from enrich.evaluation.evaluate import evaluate, split_catalog
 from enrich.evaluation.metrics import tag_metrics
 from enrich.evaluation.simulate import markdown as simulation_markdown
 from enrich.index.build import build_index, build_index_from_frame
-from enrich.index.neighbors import exact_search, recall_at_k
+from enrich.search.neighbors import exact_search, recall_at_k
 from enrich.index.store import ReferenceIndex
 from enrich.prior import FEATURES, Evidence, cross_fitted_text_model, reference_evidence
 from enrich.run.score import classifier_scores, find_evidence

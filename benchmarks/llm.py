@@ -17,15 +17,15 @@ import polars as pl
 from benchmarks.common import AMAZON, DEFAULT_CATALOG, TEST_DATA, machine
 from benchmarks.docs import publish, update_section
 from enrich.catalog import listing_texts, load_catalog, without_placeholder_category
-from enrich.cli import quiet_hugging_face
-from enrich.embed import Encoder
+from enrich.embed import Encoder, quiet_hugging_face
 from enrich.evaluation.metrics import attribute_scores, taxonomy_hits, taxonomy_scores
 from enrich.index.build import build_index_from_frame
 from enrich.index.store import ReferenceIndex
 from enrich.llm.answers import AnswerCache
-from enrich.llm.attributes import FIELD_NAMES, AttributeConfig
-from enrich.llm.describe import DescribeConfig, Describer, describe_frame
-from enrich.llm.taxonomy import TaxonomyConfig, category_vectors, with_category
+from enrich.llm.attributes import FIELD_NAMES
+from enrich.settings import AttributeConfig, DescribeConfig, TaxonomyConfig
+from enrich.llm.describe import Describer, describe_frame
+from enrich.llm.taxonomy import category_vectors, with_category
 from enrich.run.score import enrich_frame
 
 LABELLED = TEST_DATA / "labelled_listings.jsonl"

@@ -15,8 +15,8 @@ import torch
 
 from benchmarks.common import AMAZON, DEFAULT_CATALOG, machine
 from enrich.catalog import listing_texts, load_catalog
-from enrich.cli import quiet_hugging_face
-from enrich.embed import Encoder, EncoderConfig, packaged_model_path, same_length_batches
+from enrich.embed import Encoder, packaged_model_path, quiet_hugging_face, same_length_batches
+from enrich.settings import EncoderConfig
 
 
 class HiddenStates(torch.nn.Module):

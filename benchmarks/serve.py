@@ -25,9 +25,9 @@ from benchmarks.common import AMAZON, AMAZON_COLUMNS, DEFAULT_CATALOG, machine
 from benchmarks.docs import publish, update_section
 from benchmarks.scale import synthesize
 from enrich.cli import main as enrich
-from enrich.cli import quiet_hugging_face
-from enrich.embed import Encoder
-from enrich.serve.workbench import ServeConfig, Workbench
+from enrich.embed import Encoder, quiet_hugging_face
+from enrich.serve.workbench import Workbench
+from enrich.settings import ServeConfig
 
 TOKEN = "bench-token"
 FLAGS = ["--id-col", AMAZON.id, "--title-col", AMAZON.title, "--brand-col", AMAZON.brand, "--text-cols", "",

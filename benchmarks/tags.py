@@ -23,10 +23,10 @@ from benchmarks.common import DESCRIPTIONS, machine
 from benchmarks.docs import publish, update_section
 from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.category.catalog_tags import best_tag_threshold, micro_scores
-from enrich.category.finetune import FinetuneConfig, finetune, training_data
+from enrich.category.finetune import finetune, training_data
+from enrich.settings import FinetuneConfig
 from enrich.category.tagger import Tagger
-from enrich.cli import quiet_hugging_face
-from enrich.embed import Encoder
+from enrich.embed import Encoder, quiet_hugging_face
 
 DESCRIPTION_COLUMNS = Columns(id="product_id", title="product_name", brand="manufacturer", text=("product_description",),
                               category=("category", "subcategory_1", "subcategory_2", "subcategory_3", "subcategory_4"),

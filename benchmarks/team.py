@@ -11,12 +11,13 @@ import polars as pl
 
 from benchmarks.common import AMAZON
 from enrich.category.calibration import expected_calibration_error
-from enrich.category.paths import path_prefix
+from enrich.catalog.paths import path_prefix
 from enrich.category.tagger import Tagger
-from enrich.category.vote import VoteConfig, vote
+from enrich.category.vote import vote
+from enrich.settings import SimulationConfig, VoteConfig
 from enrich.embed import Encoder
 from enrich.evaluation.metrics import acceptance_scores
-from enrich.evaluation.simulate import SimulationConfig, simulate
+from enrich.evaluation.simulate import simulate
 from enrich.index.build import build_index_from_frame
 from enrich.index.store import ReferenceIndex
 from enrich.run.score import classifier_scores, enrich_frame

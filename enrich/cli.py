@@ -9,22 +9,14 @@ import sys
 from dataclasses import replace
 
 from enrich.catalog import CatalogError, Columns
+from enrich.engine import EngineConfig
+from enrich.environment import cache_dir, variable
 from enrich.errors import ConfigError, EnrichError, InputError
-from enrich.flags import parser
-from enrich.llm.taxonomy import TaxonomyConfig
+from enrich.flags import given, no_effect, parser
+from enrich.settings import (AcceptanceConfig, AttributeConfig, DescribeConfig, EnrichConfig, EvalConfig, FinetuneConfig,
+                             LLMConfig, RunConfig, ServeConfig, SimulationConfig, TaxonomyConfig, UpdateConfig, VoteConfig)
 
-
-def quiet_hugging_face() -> None:
-    """Hugging Face's own bars and notices ("Loading weights", the new head's load report) would bury enrich's
-    progress and summary. `datasets` (seconds to import) is quietened where it is in use: fine-tuning."""
-    import huggingface_hub
-    from transformers.utils import logging
-
-    huggingface_hub.utils.disable_progress_bars()
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
-    if "datasets" in sys.modules:
-        sys.modules["datasets"].disable_progress_bars()
+MODEL_COMMANDS = ("index", "run", "attributes", "eval", "simulate", "finetune", "serve", "review", "explain")
 
 
 def _columns(args: argparse.Namespace) -> Columns:
@@ -40,22 +32,16 @@ def _columns(args: argparse.Namespace) -> Columns:
 
 
 def _engine(args: argparse.Namespace):
-    from enrich.engine import EngineConfig
 
-    return EngineConfig(name=args.engine, address=args.ray_address, workers=args.workers)
+    return EngineConfig(**given(args, EngineConfig))
 
 
 def _describe_config(args: argparse.Namespace):
-    from enrich.llm.attributes import AttributeConfig
-    from enrich.llm.chooser import LLMConfig
-    from enrich.llm.describe import DescribeConfig
 
     return DescribeConfig(
-        llm=LLMConfig.from_env(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url,
-                               concurrency=args.llm_concurrency),
-        attributes=AttributeConfig(ask_model=args.attributes_by == "model"),
-        taxonomy=TaxonomyConfig(choose=args.taxonomy_by, category_weight=args.taxonomy_category_weight,
-                                name_weight=args.taxonomy_name_weight, bridge=args.taxonomy_bridge),
+        llm=LLMConfig.from_env(**given(args, LLMConfig)),
+        attributes=AttributeConfig(ask_model=args.attributes_by != "rules"),
+        taxonomy=TaxonomyConfig(**given(args, TaxonomyConfig)),
         taxonomy_source=args.taxonomy or "",
         use_cache=not args.no_cache)
 
@@ -82,10 +68,8 @@ def _index_versions(args: argparse.Namespace) -> list[str]:
 
 
 def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
-    from enrich.config import EnrichConfig
     from enrich.files import check_output_path
     from enrich.index.build import build_index
-    from enrich.index.calibration import AcceptanceConfig
     from enrich.index.update import update_index
 
     if args.versions or args.rollback or args.verify:
@@ -97,11 +81,13 @@ def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[s
     if args.delete_missing and not args.update:
         raise ConfigError("--delete-missing goes with --update")
     check_output_path(args.out, inputs=(args.reference,), folder=True)
-    config = EnrichConfig(acceptance=AcceptanceConfig(target_precision=args.accept_precision,
-                                                      confidence=args.accept_confidence or None))
+    acceptance = given(args, AcceptanceConfig)
+    if acceptance.get("confidence") == 0:  # 0 asks for the old rule: the calibration split's own share, on average
+        acceptance["confidence"] = None
+    config = EnrichConfig(acceptance=AcceptanceConfig(**acceptance))
     if args.update:
         summary = update_index(args.reference, args.out, columns, progress=progress, delete_missing=args.delete_missing,
-                               max_delete_share=args.max_delete, decisions=args.decisions)
+                               update=UpdateConfig(**given(args, UpdateConfig)), decisions=args.decisions)
         return summary.lines("usable") + [f"  unchanged listings kept without re-embedding: {summary.reused_embeddings}",
                                           f"index updated in {args.out}"]
     summary = build_index(args.reference, args.out, columns, config, progress=progress, tagger_dir=args.model,
@@ -111,14 +97,13 @@ def _index(args: argparse.Namespace, columns: Columns, progress: bool) -> list[s
 
 
 def _run(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
-    from enrich.config import EnrichConfig
     from enrich.run.loop import enrich
 
     config = EnrichConfig()
-    if args.neighbors is not None:
-        config = replace(config, vote=replace(config.vote, top_k=args.neighbors))
+    config = replace(config, vote=VoteConfig(**given(args, VoteConfig)))
     summary = enrich(args.new, args.out, index_dir=args.index, reference_path=args.reference, columns=columns, config=config,
-                     progress=progress, tagger_dir=args.model, part_rows=args.part_rows,
+                     progress=progress, tagger_dir=args.model,
+                     part_rows=RunConfig(**given(args, RunConfig)).part_rows,
                      describe=_describe_config(args) if args.describe else None, engine=_engine(args))
     return summary.lines("enriched") + [f"output written to {args.out}"]
 
@@ -127,10 +112,11 @@ def _finetune(args: argparse.Namespace, columns: Columns, progress: bool) -> lis
     from accelerate import PartialState
 
     from enrich.category.finetune import finetune
-    from enrich.flags import config_from
+
+    from enrich.embed import quiet_hugging_face
 
     quiet_hugging_face()  # again, now that fine-tuning has imported `datasets`
-    metrics = finetune(args.catalog, args.out, columns, config_from(args), progress=progress, decisions=args.decisions)
+    metrics = finetune(args.catalog, args.out, columns, FinetuneConfig(**given(args, FinetuneConfig)), progress=progress, decisions=args.decisions)
     if not PartialState().is_main_process:  # under `accelerate launch` every process returns; one summary
         return []
     lines = [f"fine-tuned on {metrics['train_rows']} listings in {metrics['seconds']:.0f} s ({metrics['epochs_run']} epochs,"
@@ -156,10 +142,10 @@ def _inspect(args: argparse.Namespace, columns: Columns, progress: bool) -> list
 
 
 def _eval(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
-    from enrich.evaluation.evaluate import EvalConfig, evaluate
+    from enrich.evaluation.evaluate import evaluate
     from enrich.evaluation.report import write_report
 
-    evaluation = evaluate(args.catalog, columns, EvalConfig(holdout=args.holdout, seed=args.seed, date_column=args.date_col),
+    evaluation = evaluate(args.catalog, columns, EvalConfig(**given(args, EvalConfig)),
                           progress=progress)
     print(evaluation.markdown())
     return [f"report written to {', '.join(str(p) for p in write_report(evaluation, args.out))}"]
@@ -170,16 +156,16 @@ def _simulate(args: argparse.Namespace, columns: Columns, progress: bool) -> lis
 
     import polars as pl
 
-    from enrich.evaluation.evaluate import EvalConfig, evaluate
-    from enrich.evaluation.simulate import SimulationConfig, markdown, simulate
+    from enrich.evaluation.evaluate import evaluate
+    from enrich.evaluation.simulate import markdown, simulate
     from enrich.files import write_json, write_text
 
-    evaluation = evaluate(args.catalog, columns, EvalConfig(seed=args.seed), progress=progress)
+    evaluation = evaluate(args.catalog, columns, EvalConfig(**given(args, EvalConfig)), progress=progress)
     if not evaluation.priors:
         raise CatalogError(f"{args.catalog}: no held-out listing has engagement (or there is no prior): nothing to simulate")
     held = evaluation.held_out.filter(pl.col("true_engagement").is_not_null())
     result = simulate(held["true_engagement"].to_numpy(), evaluation.priors, held["prior_evidence"].to_numpy(),
-                      SimulationConfig(strength=args.strength))
+                      SimulationConfig(**given(args, SimulationConfig)))
     print(markdown(result))
     out = Path(args.out)
     return [f"written to {write_text(out / 'simulate.md', markdown(result) + chr(10))}, {write_json(out / 'simulate.json', result)}"]
@@ -210,11 +196,9 @@ def _explain(args: argparse.Namespace, columns: Columns, progress: bool) -> list
 
 def _serve(args: argparse.Namespace, columns: Columns, progress: bool) -> list[str]:
     from enrich.serve.app import serve
-    from enrich.serve.workbench import ServeConfig
 
-    from enrich.environment import variable
 
-    serve(ServeConfig(index=args.index, db=args.db, model=args.model, columns=columns, host=args.host, port=args.port,
+    serve(ServeConfig(index=args.index, model=args.model, columns=columns, **given(args, ServeConfig),
                       token=args.token or variable("ENRICH_TOKEN") or ""))
     return []
 
@@ -240,9 +224,10 @@ def _review(args: argparse.Namespace, columns: Columns, progress: bool) -> list[
         raise InputError(f"{output}: give the Parquet output of `enrich run` (a CSV one has lost its types)")
     enriched = pl.read_parquet(output)
     listings = load_catalog(args.input, columns)
-    batch = import_output(Store(args.db), args.name or Path(args.input).name, listings, enriched,
+    db = ServeConfig(index="", **given(args, ServeConfig)).db
+    batch = import_output(Store(db), args.name or Path(args.input).name, listings, enriched,
                           f"enrich run: {output.name}")
-    return [f"{listings.height} listings imported as batch {batch} into {args.db}"]
+    return [f"{listings.height} listings imported as batch {batch} into {db}"]
 
 
 COMMANDS = {"inspect": _inspect, "index": _index, "run": _run, "finetune": _finetune, "eval": _eval, "attributes": _attributes, "explain": _explain,
@@ -261,8 +246,6 @@ def _bug(error: BaseException) -> int:
     import traceback
     from datetime import datetime
 
-    from enrich.environment import cache_dir
-
     log = cache_dir() / "logs" / f"enrich-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -278,8 +261,13 @@ def _bug(error: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    quiet_hugging_face()
+    if problem := no_effect(args):
+        return _error(problem)
     try:
+        if args.command in MODEL_COMMANDS:
+            from enrich.embed import quiet_hugging_face
+
+            quiet_hugging_face()
         lines = COMMANDS[args.command](args, _columns(args), not getattr(args, "quiet", True))
     except EnrichError as e:
         return _error(str(e))

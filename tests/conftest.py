@@ -52,7 +52,8 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tagger(tmp_path_factory, tiny_bert, sample, sample_columns):
     """A tagger fine-tuned from the tiny BERT on the bundled reference sample (seconds, on a CPU)."""
-    from enrich.category.finetune import FinetuneConfig, finetune
+    from enrich.category.finetune import finetune
+    from enrich.settings import FinetuneConfig
 
     folder = tmp_path_factory.mktemp("tagger") / "tiny-tagger"
     finetune(sample["reference"], folder, sample_columns, FinetuneConfig(
@@ -110,7 +111,7 @@ def llm_cache(tmp_path, monkeypatch):
 def tiny_encoder_config(tiny_bert):
     """The tiny random BERT as the sentence encoder: for tests where the encoder is not the point (fast to load and
     to run; its vectors mean nothing)."""
-    from enrich.embed import EncoderConfig
+    from enrich.settings import EncoderConfig
 
     return EncoderConfig(model_path=tiny_bert, precision="fp32")
 
@@ -118,7 +119,7 @@ def tiny_encoder_config(tiny_bert):
 @pytest.fixture(scope="session")
 def tiny_index(tmp_path_factory, sample, sample_columns, tiny_encoder_config):
     """The bundled reference sample indexed with the tiny encoder, once for the session."""
-    from enrich.config import EnrichConfig
+    from enrich.settings import EnrichConfig
     from enrich.index.build import build_index
 
     folder = tmp_path_factory.mktemp("tiny-index") / "index"

@@ -3,7 +3,8 @@ import pytest
 
 import torch
 
-from enrich.embed import Encoder, EncoderConfig, packaged_model_path
+from enrich.embed import Encoder, packaged_model_path
+from enrich.settings import EncoderConfig
 from enrich.errors import ConfigError
 from enrich.precision import resolve_dtype
 
@@ -40,6 +41,7 @@ def test_long_text_is_cut_at_the_tail_so_the_title_survives():
 
 
 def test_a_named_precision_is_taken_and_auto_is_measured_on_a_cpu(monkeypatch):
+    monkeypatch.delenv("ENRICH_PRECISION", raising=False)  # "auto" must mean auto here, whatever the shell set
     assert [resolve_dtype(name, "cpu") for name in ("fp32", "bf16", "fp16")] == [torch.float32, torch.bfloat16, torch.float16]
     assert resolve_dtype("auto", "cuda") == torch.float16 and resolve_dtype("auto", "cpu") == torch.float32  # until measured
     monkeypatch.setenv("ENRICH_PRECISION", "bf16")

@@ -5,7 +5,8 @@ import polars as pl
 import pytest
 
 from enrich.cli import main
-from enrich.evaluation.evaluate import EvalConfig, evaluate, split_catalog
+from enrich.evaluation.evaluate import evaluate, split_catalog
+from enrich.settings import EvalConfig
 from enrich.evaluation.metrics import exposure_shares, tag_metrics
 from enrich.evaluation.report import write_report
 

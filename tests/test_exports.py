@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from enrich.catalog import CatalogError, Columns, load_catalog
-from enrich.catalog.inspect import catalog_warnings, inspect_text
+from enrich.catalog.inspect import catalog_warnings
 from enrich.catalog.load import read_catalog
 from enrich.cli import main
 
@@ -211,7 +211,8 @@ def test_a_run_against_an_index_with_unknown_engagement_links_only_listings_that
 
 
 def test_eval_scores_categories_on_every_labelled_listing_and_priors_where_engagement_is_known(tmp_path, encoder):
-    from enrich.evaluation.evaluate import EvalConfig, evaluate
+    from enrich.evaluation.evaluate import evaluate
+    from enrich.settings import EvalConfig
 
     evaluation = evaluate(EXPORTS / "magento_products.csv", Columns(), EvalConfig(holdout=0.3), progress=False, encoder=encoder)
     m = evaluation.metrics

@@ -11,7 +11,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from enrich.category.catalog_tags import best_tag_threshold
-from enrich.category.finetune import FinetuneConfig, finetune, training_data, validation_scores
+from enrich.category.finetune import finetune, training_data, validation_scores
+from enrich.settings import FinetuneConfig
 from enrich.category.tagger import Tagger
 from enrich.errors import ConfigError
 

@@ -9,7 +9,8 @@ import pytest
 from enrich.category.acceptance import AcceptancePolicy
 from enrich.cli import main
 from enrich.evaluation.metrics import acceptance_scores, hierarchical_scores
-from enrich.evaluation.simulate import SimulationConfig, simulate
+from enrich.evaluation.simulate import simulate
+from enrich.settings import SimulationConfig
 
 
 def test_the_policy_accepts_as_deep_as_calibration_reaches_the_target_precision():
@@ -70,7 +71,8 @@ def test_a_run_says_what_can_be_accepted(sample_index, sample, tmp_path, capsys)
 
 def test_decisions_relabel_the_index_and_teach_the_tagger(tiny_index, sample, sample_columns, tiny_bert, tmp_path, capsys):
     from enrich.catalog import load_catalog
-    from enrich.category.finetune import FinetuneConfig, training_data
+    from enrich.category.finetune import training_data
+    from enrich.settings import FinetuneConfig
     from enrich.embed import Encoder
     from enrich.index.store import ReferenceIndex
     from enrich.serve.store import Store

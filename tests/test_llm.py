@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from enrich.errors import ConfigError
-from enrich.llm.chooser import ChatChooser, LLMConfig, LocalChooser, match_option
+from enrich.llm.chooser import ChatChooser, LocalChooser, match_option
+from enrich.settings import LLMConfig
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 import numpy as np
 
-from enrich.index.neighbors import IndexConfig, NeighborIndex, exact_search, recall_at_k
+from enrich.search.neighbors import NeighborIndex, exact_search, recall_at_k
+from enrich.settings import IndexConfig
 
 
 def unit_vectors(n, dim, seed):

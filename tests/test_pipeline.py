@@ -141,7 +141,8 @@ def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, sampl
     vote and the TF-IDF model alone give."""
     folder, _ = sample_index
     from enrich.category.tagger import Tagger
-    from enrich.category.vote import VoteConfig, vote
+    from enrich.category.vote import vote
+    from enrich.settings import VoteConfig
     from enrich.run.score import classifier_scores, find_evidence
 
     tagger = Tagger.load(tiny_tagger)
@@ -166,7 +167,8 @@ def test_a_fine_tuned_tagger_fills_category_and_tags(sample_index, sample, sampl
 
 def test_a_tagger_that_learned_the_catalogs_own_tags_adds_them_after_the_path(sample_index, sample, tiny_bert,
                                                                                 sample_columns, tmp_path, capsys):
-    from enrich.category.finetune import FinetuneConfig, finetune
+    from enrich.category.finetune import finetune
+    from enrich.settings import FinetuneConfig
     from enrich.category.tagger import Tagger
 
     category = pl.col("amazon_category_and_sub_category")
@@ -344,10 +346,10 @@ def test_a_prior_fitted_on_a_sample_of_the_reference_agrees_with_one_fitted_on_a
 
     from scipy.stats import spearmanr
 
-    from enrich.config import EnrichConfig
+    from enrich.settings import EnrichConfig
     from enrich.run.score import find_evidence
     from enrich.prior import reference_evidence
-    from enrich.prior import PriorConfig
+    from enrich.settings import PriorConfig
 
     config = EnrichConfig(prior=replace(PriorConfig(), fit_rows=400))
     build_index(sample["reference"], tmp_path / "sampled", sample_columns, config, progress=False, encoder=encoder)

@@ -3,8 +3,9 @@ import pytest
 import scipy.sparse as sp
 from scipy.stats import spearmanr
 
-from enrich.index.neighbors import IndexConfig, NeighborIndex
-from enrich.prior import Evidence, ExposurePrior, PriorConfig
+from enrich.search.neighbors import NeighborIndex
+from enrich.settings import IndexConfig, PriorConfig
+from enrich.prior import Evidence, ExposurePrior
 
 
 def synthetic_catalog(n, seed, clusters=40, dim=24):
@@ -66,7 +67,7 @@ def test_save_and_load_give_the_same_prior(fitted, tmp_path):
 
 
 def test_pairwise_lexical_cosine_is_the_same_in_chunks_as_row_by_row():
-    from enrich.index.lexical import pairwise_cosine
+    from enrich.search.lexical import pairwise_cosine
 
     rng = np.random.default_rng(0)
     queries = sp.random(300, 200, density=0.05, format="csr", random_state=1, dtype=np.float32)

@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 from benchmarks.serve import start
 from enrich.cli import main
 from enrich.serve.app import create_app, is_loopback
-from enrich.serve.workbench import Batcher, ServeConfig
+from enrich.serve.workbench import Batcher
+from enrich.settings import ServeConfig
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from enrich.category.vote import VoteConfig, vote
+from enrich.category.vote import vote
+from enrich.settings import VoteConfig
 
 
 def test_vote_picks_the_weighted_path_and_scores_its_prefixes():
@@ -60,8 +61,9 @@ def test_a_given_category_is_kept_and_reorders_the_neighbours():
 def test_the_category_model_learns_words_and_round_trips(tmp_path):
     import scipy.sparse as sp
 
-    from enrich.category.lexical_model import CategoryModel, CategoryModelConfig
-    from enrich.index.lexical import Lexical
+    from enrich.category.lexical_model import CategoryModel
+    from enrich.settings import CategoryModelConfig
+    from enrich.search.lexical import Lexical
 
     texts = [f"{word} {n}" for n in range(20) for word in ("wooden train engine", "racing car kit")]
     categories = ["Toys > Trains" if "train" in t else "Toys > Cars" for t in texts]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from enrich.category.paths import PATH_SEPARATOR
+from enrich.catalog.paths import PATH_SEPARATOR
 
 LEVEL_SEPARATORS = (">>", "»", ">", "|", "/")  # candidates, the more specific first: '>>' also holds '>'
 LIST_SEPARATOR = ","  # between several paths in a cell, where a platform writes them so

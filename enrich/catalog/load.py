@@ -19,7 +19,7 @@ from enrich.catalog.categories import CategoryForm, ParsedCategories, detect_for
 from enrich.catalog.columns import STANDARD_COLUMNS, CatalogError, CleaningConfig, Columns
 from enrich.catalog.formats import ExportFormat, apply_format, continued_rows
 from enrich.catalog.read import as_text, read_raw
-from enrich.category.paths import PATH_SEPARATOR
+from enrich.catalog.paths import PATH_SEPARATOR
 
 TAG_SEPARATORS = r"\s*[;|]\s*"  # "metal; ages 3+" or "metal|ages 3+"; a list column arrives joined with "; "
 _HTML_HINT = re.compile(r"<[A-Za-z/!]|&(#\d+|#x[0-9A-Fa-f]+|[A-Za-z]+);")

@@ -20,7 +20,7 @@ from scipy.stats import beta
 from sklearn.isotonic import IsotonicRegression
 
 from enrich.category.calibration import expected_calibration_error
-from enrich.category.paths import path_levels, path_prefix
+from enrich.catalog.paths import path_levels, path_prefix
 
 
 @dataclass

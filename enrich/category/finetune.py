@@ -41,34 +41,11 @@ from enrich.category.tagger import TAG_PREFIX, Hierarchy, Tagger
 from enrich.embed import model_fingerprint, packaged_model_path
 from enrich.errors import ConfigError, InputError
 from enrich.precision import Measured, measure, workload
+from enrich.settings import FinetuneConfig
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 NO_CATEGORY = -100  # the label of a training listing that has tags but no category
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Training settings; `make finetune ARGS="--epochs 3"` or `enrich finetune --epochs 3` override them."""
-
-    base_model: str | None = None  # a BERT folder; None: the packaged all-MiniLM-L6-v2
-    epochs: int = 8  # upper bound; early stopping may end sooner
-    batch_size: int = 32  # listings per optimizer step, split across processes (a multiple of their number)
-    learning_rate: float = 2e-4  # peak of the linear warm-up / decay schedule, for the BERT body
-    head_learning_rate: float = 3e-3  # the new classification head starts from scratch: a larger step
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # share of steps spent warming up
-    max_length: int = 64  # tokens; titles are ~20, descriptions are cut
-    level_loss_weight: float = 0.5  # weight of each parent level's loss beside the leaf loss
-    class_weight_power: float = 0.5  # leaf weight ~ count^-power: 0 none, 1 inverse frequency
-    validation_share: float = 0.1  # held out for early stopping and calibration
-    patience: int = 2  # epochs without a better validation score before stopping
-    tag_min_count: int = 5  # a catalog's own tag is learned when this many training listings carry it
-    tag_loss_weight: float = 1.0  # weight of the tags' binary cross-entropy beside the path loss
-    tag_threshold: float | None = None  # a tag is predicted when its probability reaches this; None: chosen on validation
-    decision_weight: int = 3  # with --decisions: a listing the team decided counts this many times in training (gold)
-    seed: int = 0
-    mixed_precision: str = "auto"  # no | bf16 | fp16; auto: bf16 on CUDA, on a CPU the faster of no and bf16 (measured)
 
 
 def training_data(catalog: str | Path, columns: Columns, config: FinetuneConfig,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +21,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from enrich.sampling import fit_sample
-
-
-@dataclass(frozen=True)
-class CategoryModelConfig:
-    """Settings of the TF-IDF logistic regression fitted at index build."""
-
-    inverse_regularisation: float = 10.0  # sklearn's C; as the TF-IDF + LR baseline
-    passes: int = 30  # saga passes over the data: as accurate as lbfgs to convergence here, 10x faster
-    fit_rows: int = 50_000  # listings drawn at random to fit on: the cost grows with rows x categories
-    # The vocabulary's terms the model reads: those in most fitted listings. The coefficients are categories x
-    # terms floats, so a large catalog's 200,000-term vocabulary and 1,000 categories would take 800 MB.
-    max_terms: int = 50_000
-    seed: int = 0
+from enrich.settings import CategoryModelConfig
 
 
 class CategoryModel:

@@ -17,7 +17,7 @@ import torch
 from scipy.special import expit, softmax
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from enrich.category.paths import PATH_SEPARATOR, path_levels
+from enrich.catalog.paths import PATH_SEPARATOR, path_levels
 from enrich.embed import same_length_batches
 from enrich.errors import ArtifactError
 from enrich.files import check_files, file_digests, write_json

@@ -13,26 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from enrich.category.paths import PATH_SEPARATOR, path_levels, path_prefixes
-
-
-@dataclass(frozen=True)
-class VoteConfig:
-    """How neighbours vote on a category and how the vote re-orders them."""
-
-    temperature: float = 0.05  # weight exp((s - s_best) / T): a neighbour 0.05 less similar counts e^-1 as much
-    rerank_weight: float = 1.0  # neighbour order key: cosine + rerank_weight * vote share of its category
-    top_k: int = 10  # neighbours written per listing
-    # Relative weights of the category's sources; those present are mixed in proportion (without a tagger, the
-    # vote and the TF-IDF model in the same ratio). Chosen on the tagger's validation split, never on held-out data.
-    neighbor_weight: float = 0.15
-    lexical_weight: float = 0.45
-    tagger_weight: float = 0.4
-    classifier_top: int = 20  # a classifier's most probable paths that join the mix (the rest carry ~0)
-    min_level_score: float = 0.3  # the tags keep a path's deeper levels while their share of the mix reaches this
-
-    def weight(self, source: str) -> float:
-        return {"neighbors": self.neighbor_weight, "lexical": self.lexical_weight, "tagger": self.tagger_weight}[source]
+from enrich.catalog.paths import PATH_SEPARATOR, path_levels, path_prefixes
+from enrich.settings import VoteConfig
 
 
 @dataclass

@@ -23,30 +23,17 @@ from enrich.catalog.inspect import catalog_warnings
 from enrich.catalog.load import read_catalog
 from enrich.category.calibration import expected_calibration_error
 from enrich.category.tagger import Tagger
-from enrich.config import EnrichConfig
+from enrich.settings import EnrichConfig, EvalConfig
 from enrich.embed import Encoder
 from enrich.evaluation.metrics import (acceptance_scores, bucket_scores, exposure_shares, hierarchical_scores, rank_metrics,
                                        same_leaf_precision, sparse_top_k, tag_metrics, weighted_knn)
 from enrich.evaluation.report import Evaluation
 from enrich.index.build import build_index_from_frame
-from enrich.index.neighbors import exact_search, recall_at_k
+from enrich.search.neighbors import exact_search, recall_at_k
 from enrich.index.store import ReferenceIndex
 from enrich.run.score import enrich_frame
 
 BUCKETS = ("head", "torso", "tail")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How listings are held out and scored."""
-
-    holdout: float = 0.2  # share of the catalog enriched as new listings
-    seed: int = 0  # random split seed
-    date_column: str | None = None  # when set, a time split: the latest listings are held out
-    k: int = 10  # precision@k, recall@k, NDCG@k
-    head_share: float = 0.1  # the most-engaged 10% of the reference catalog sets the head's threshold
-    tail_share: float = 0.5  # the least-engaged half sets the tail's threshold
-    slate_share: float = 0.1  # the simple ranker fills positions for this share of all listings
 
 
 def split_catalog(frame: pl.DataFrame, config: EvalConfig, dates: pl.Series | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:

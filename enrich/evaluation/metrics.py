@@ -7,7 +7,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, ndcg_score
 
-from enrich.category.paths import path_levels, path_prefix, path_prefixes
+from enrich.catalog.paths import path_levels, path_prefix, path_prefixes
 
 
 def tag_metrics(predicted: list[str | None], truth: list[str | None]) -> dict:

@@ -12,22 +12,11 @@ strength, spread evenly, for the priors that have no evidence measure.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class SimulationConfig:
-    exponents: tuple[float, ...] = (0.5, 1.0, 2.0)  # conversion = low + (high - low) * (log1p(e) / log1p(max e)) ** exponent
-    budgets: tuple[int, ...] = (3, 10, 30)  # impressions per listing, on average, that the slot spends
-    low: float = 0.005  # conversion probability of a listing with no engagement
-    high: float = 0.2  # of the most engaged listing
-    slate: int = 50  # listings shown per round (the posteriors are updated between rounds)
-    strength: float = 20.0  # pseudo-impressions per unit of prior_evidence (see the module)
-    useful: int = 10  # impressions a listing needs to have been given a chance
-    repeats: int = 3
-    seed: int = 0
+from enrich.settings import SimulationConfig
 
 
 def conversion(engagement: np.ndarray, top: float, exponent: float, config: SimulationConfig) -> np.ndarray:

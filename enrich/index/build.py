@@ -20,13 +20,13 @@ from enrich.catalog.load import read_catalog
 from enrich.catalog.decisions import apply_decisions, read_decisions
 from enrich.category.lexical_model import CategoryModel
 from enrich.category.tagger import Tagger
-from enrich.config import EnrichConfig
+from enrich.settings import EnrichConfig
 from enrich.embed import BatchEncoder, Encoder, text_hashes
 from enrich.errors import ArtifactError
 from enrich.files import NpyRowWriter, exclusive_lock, file_digests
 from enrich.index.calibration import fit_acceptance
-from enrich.index.lexical import Lexical
-from enrich.index.neighbors import NeighborIndex
+from enrich.search.lexical import Lexical
+from enrich.search.neighbors import NeighborIndex
 from enrich.index.store import (EMBEDDINGS, FORMAT, GRAPH, LEXICAL_MATRIX, MANIFEST, REFERENCE, REFUSED, check_encoder,
                                 read_manifest)
 from enrich.index.versions import new_version

@@ -3,7 +3,6 @@ the acceptance policy (when a category is accepted without review, and how deep)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -11,32 +10,14 @@ import scipy.sparse as sp
 
 from enrich.catalog import listing_texts
 from enrich.category.acceptance import AcceptancePolicy
-from enrich.category.lexical_model import CategoryModel, CategoryModelConfig
+from enrich.category.lexical_model import CategoryModel
+from enrich.settings import AcceptanceConfig, CategoryModelConfig, VoteConfig
 from enrich.category.tagger import Tagger
-from enrich.category.vote import ClassifierScores, VoteConfig, vote
-from enrich.errors import ConfigError
-from enrich.index.neighbors import NeighborIndex
+from enrich.category.vote import ClassifierScores, vote
+from enrich.search.neighbors import NeighborIndex
 from enrich.sampling import fit_sample
 
 MIN_ROWS = 50  # fewer calibration listings cannot support a promised precision
-
-
-@dataclass(frozen=True)
-class AcceptanceConfig:
-    """How the acceptance policy is fitted at index build."""
-
-    target_precision: float = 0.9  # accepted paths (and backed-off levels) must be right this often
-    # ... with this confidence on the calibration split (the precision's lower bound); None: on average there
-    confidence: float | None = 0.9
-    calibration_rows: int = 2000  # reference listings held out of the category model to fit the policy on
-    calibration_share: float = 0.2  # at most this share of the labelled listings: the model must still learn from the rest
-    seed: int = 0
-
-    def __post_init__(self):
-        if not 0 < self.target_precision < 1:
-            raise ConfigError(f"the precision to accept at must be between 0 and 1, not {self.target_precision}")
-        if self.confidence is not None and not 0 < self.confidence < 1:
-            raise ConfigError(f"the confidence of the acceptance precision must be between 0 and 1, not {self.confidence}")
 
 
 def calibration_rows(ok: pl.DataFrame, tagger: Tagger | None, config: AcceptanceConfig) -> tuple[np.ndarray, str]:

@@ -15,15 +15,14 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from enrich.catalog import CatalogError
 from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
-from enrich.config import EnrichConfig
-from enrich.embed import Encoder, EncoderConfig, local_model_folder, model_fingerprint, packaged_model_path
+from enrich.settings import EncoderConfig, EnrichConfig, IndexConfig, LexicalConfig
+from enrich.embed import Encoder, local_model_folder, model_fingerprint, packaged_model_path
 from enrich.errors import ArtifactError, ConfigError
 from enrich.files import DamagedFile, check_files
-from enrich.index.lexical import Lexical, LexicalConfig
-from enrich.index.neighbors import IndexConfig, NeighborIndex
+from enrich.search.lexical import Lexical
+from enrich.search.neighbors import NeighborIndex
 from enrich.prior import ExposurePrior
 
 FORMAT = 3  # 3: every file's size and checksum in the manifest; one copy of the encoder's settings

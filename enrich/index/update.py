@@ -26,20 +26,18 @@ from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.catalog.decisions import apply_decisions, read_decisions, relabel
 from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
-from enrich.config import EnrichConfig
+from enrich.settings import EnrichConfig, UpdateConfig
 from enrich.embed import text_hashes
 from enrich.errors import InputError
 from enrich.files import NpyRowWriter, exclusive_lock, file_digests
 from enrich.index.build import BUILD_CHUNK_ROWS, MIN_REFERENCE, embedding_cache_key, text_chunks
-from enrich.index.lexical import Lexical
+from enrich.search.lexical import Lexical
 from enrich.index.store import (EMBEDDINGS, GRAPH, LEXICAL_MATRIX, MANIFEST, REFERENCE, REFUSED, IndexMismatch,
                                 ReferenceIndex, encoder_for)
 from enrich.index.versions import new_version
 from enrich.manifest import Summary, now
 from enrich.prior import ExposurePrior
 
-REFIT_SHARE = 0.2  # `--update` says to rebuild once the listings added or deleted since the build pass this share
-MAX_DELETE_SHARE = 0.1  # `--delete-missing` refuses to delete more of the index than this unless told otherwise
 
 
 def save_appended(path: Path, old: np.ndarray, new: np.ndarray) -> None:
@@ -77,7 +75,7 @@ def changes(index: ReferenceIndex, frame: pl.DataFrame, cache_key: str) -> Chang
 
 def update_index(reference_path: str | Path, out_dir: str | Path, columns: Columns = Columns(),
                  config: EnrichConfig = EnrichConfig(), progress: bool = True, delete_missing: bool = False,
-                 max_delete_share: float = MAX_DELETE_SHARE, decisions: str | Path | None = None) -> Summary:
+                 update: UpdateConfig = UpdateConfig(), decisions: str | Path | None = None) -> Summary:
     """Bring the index in `out_dir` up to date with the listings in `reference_path`: see the module. `decisions`, the
     team's, relabel the listings they name (the file's or the index's) and add the reviewed ones."""
     started = time.perf_counter()
@@ -95,6 +93,7 @@ def update_index(reference_path: str | Path, out_dir: str | Path, columns: Colum
         change = changes(index, frame, embedding_cache_key(encoder, index.manifest["encoder"]["dtype"]))
         gone = change.replaced + (change.missing if delete_missing else [])
         live = int((~index.reference["deleted"]).sum())
+        max_delete_share = update.max_delete_share
         if delete_missing and len(change.missing) > max_delete_share * live:
             raise InputError(
                 f"{reference_path}: lacks {len(change.missing)} of the index's {live} listings ({len(change.missing) / live:.0%});"
@@ -112,7 +111,8 @@ def update_index(reference_path: str | Path, out_dir: str | Path, columns: Colum
             return summary
         unknown, manifest = write_update(index, out_dir, frame, reference, change, gone, encoder, progress,
                                          str(reference_path), started, str(decisions) if decisions else None)
-    summary.warnings += update_warnings(manifest, reference, unknown if index.category_model is not None else set())
+    summary.warnings += update_warnings(manifest, reference, unknown if index.category_model is not None else set(),
+                                        update.refit_share)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -181,14 +181,14 @@ def updated_manifest(manifest: dict, reference: pl.DataFrame, update: dict, star
     return manifest
 
 
-def update_warnings(manifest: dict, reference: pl.DataFrame, unknown: set[str]) -> list[str]:
+def update_warnings(manifest: dict, reference: pl.DataFrame, unknown: set[str], refit_share: float) -> list[str]:
     warnings = []
     if unknown:
         warnings.append(
             f"{len(unknown)} categories in the index are new since the last full build (e.g. {sorted(unknown)[0]!r}): the"
             " neighbours' vote can name them, the TF-IDF category model cannot until a rebuild (`enrich index` without"
             " --update; unchanged embeddings are reused)")
-    if manifest["changed_since_build"] > REFIT_SHARE:
+    if manifest["changed_since_build"] > refit_share:
         built = reference.height - sum(u["added"] for u in manifest["updates"])
         warnings.append(
             f"{manifest['changed_since_build']:.0%} of the {built} listings indexed at the last full build have been added"

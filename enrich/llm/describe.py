@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,11 @@ from enrich.catalog import listing_texts, put_back
 from enrich.errors import ConfigError
 from enrich.files import write_json, write_table
 from enrich.llm.answers import AnswerCache
-from enrich.llm.attributes import AttributeConfig, extract
-from enrich.llm.chooser import ChatChooser, LLMConfig, cache_root, load_chooser
+from enrich.llm.attributes import extract
+from enrich.settings import DescribeConfig
+from enrich.llm.chooser import ChatChooser, cache_root, load_chooser
 from enrich.llm.templates import load_prompt
-from enrich.llm.taxonomy import (TaxonomyConfig, TaxonomyIndex, category_vectors, load_taxonomy, map_listing,
-                                 with_category)
+from enrich.llm.taxonomy import TaxonomyIndex, category_vectors, load_taxonomy, map_listing, with_category
 
 DESCRIBE_SCHEMA = {
     "id": pl.String,
@@ -38,15 +38,6 @@ DESCRIBE_SCHEMA = {
     "taxonomy_score": pl.Float64,
     "llm_notes": pl.String,
 }
-
-
-@dataclass(frozen=True)
-class DescribeConfig:
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    attributes: AttributeConfig = field(default_factory=AttributeConfig)
-    taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
-    taxonomy_source: str = ""  # a Shopify release folder; empty: the taxonomy shipped with enrich
-    use_cache: bool = True  # answers cached in <cache>/llm_answers.sqlite
 
 
 class Describer:

@@ -20,36 +20,12 @@ import numpy as np
 import polars as pl
 import yaml
 
-from enrich.category.paths import PATH_SEPARATOR as SEPARATOR
+from enrich.catalog.paths import PATH_SEPARATOR as SEPARATOR
 from enrich.errors import InputError
 from enrich.files import write_npy
 from enrich.llm.answers import ask, choice_share
 
 SHIPPED = Path(__file__).parent / "taxonomy_data" / "shopify_categories.tsv"
-
-
-@dataclass(frozen=True)
-class TaxonomyConfig:
-    candidates: int = 8  # categories retrieved by embedding, among which the model chooses
-    # Weight of the listing's whole text (title, brand and description) beside its title and brand alone in the
-    # retrieval query: a description can say anything, including what category to pick, so the title keeps a
-    # share of the query that repeated instructions in a description cannot outweigh.
-    text_weight: float = 2.0
-    # Weight of the listing's own category path (given, or predicted by `enrich run`) beside its text in the
-    # retrieval query: a merchant's category path reads like a taxonomy path, which a title does not. 0: text alone.
-    category_weight: float = 0.5
-    # Weight of a category's own name (its last level) beside its full path in the category's vector: a full path's
-    # vector leans on its ancestors' words, so siblings read alike; the name tells them apart. 0: the path alone.
-    name_weight: float = 0.3
-    # "nearest": the top candidate by cosine; "model": the LLM picks among the candidates by likelihood. Nearest is
-    # the default: it measured better than the small packaged model's choice (docs/benchmarks.md, LLM stage).
-    choose: str = "nearest"
-    # `enrich run --describe` only (it has an index to predict from): which category goes into the query of a
-    # listing that came with one. "predicted": the one enrich predicts from its text and neighbours, as for a
-    # listing without one; "given": the merchant's own, which can name a brand or a department ("Characters &
-    # Brands > WWE") where the predicted one names what the product is.
-    bridge: str = "predicted"
-    prompt_version: int | None = None  # prompts/taxonomy.v<N>.yaml; None: the newest released
 
 
 @dataclass(frozen=True)

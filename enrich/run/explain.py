@@ -15,7 +15,7 @@ import polars as pl
 from enrich.catalog import CatalogError, Columns, load_catalog
 from enrich.category.tagger import Tagger
 from enrich.category.vote import category_shares, mixed_shares, vote
-from enrich.config import EnrichConfig
+from enrich.settings import EnrichConfig
 from enrich.embed import Encoder
 from enrich.index.store import ReferenceIndex
 from enrich.prior import FEATURES

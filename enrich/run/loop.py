@@ -20,7 +20,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from enrich.catalog import Columns, load_catalog
-from enrich.config import EnrichConfig
+from enrich.settings import EnrichConfig, RunConfig
 from enrich.embed import Encoder
 from enrich.engine import EngineConfig
 from enrich.errors import ConfigError
@@ -37,7 +37,7 @@ PART_COLUMN = "_part"  # a part's number, carried through the engine's actors
 def enrich(new_path: str | Path, out_path: str | Path, index_dir: str | Path | None = None,
            reference_path: str | Path | None = None, columns: Columns = Columns(), reference_columns: Columns | None = None,
            config: EnrichConfig = EnrichConfig(), progress: bool = True, tagger_dir: str | Path | None = None,
-           part_rows: int = 10_000, describe=None, engine: EngineConfig = EngineConfig(), encoder: Encoder | None = None,
+           part_rows: int = RunConfig.part_rows, describe=None, engine: EngineConfig = EngineConfig(), encoder: Encoder | None = None,
            describer=None) -> Summary:
     """Enrich new listings against an index folder, or build one from `reference_path` first (one shot).
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.tagger import Tagger
-from enrich.config import EnrichConfig
+from enrich.settings import EnrichConfig
 from enrich.embed import Encoder
 from enrich.index.store import ReferenceIndex, encoder_for, query_config, recorded_tagger
 

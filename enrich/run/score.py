@@ -11,8 +11,8 @@ import scipy.sparse as sp
 
 from enrich.catalog import listing_texts, put_back
 from enrich.category.tagger import Tagger
-from enrich.category.vote import ClassifierScores, VoteConfig, Votes, vote
-from enrich.config import EnrichConfig
+from enrich.category.vote import ClassifierScores, Votes, vote
+from enrich.settings import EnrichConfig, VoteConfig
 from enrich.embed import Encoder
 from enrich.errors import ArtifactError
 from enrich.index.store import ReferenceIndex

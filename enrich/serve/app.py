@@ -22,7 +22,8 @@ from fastapi.staticfiles import StaticFiles
 
 from enrich.errors import ConfigError
 from enrich.serve import api, pages
-from enrich.serve.workbench import Batcher, ServeConfig, Workbench
+from enrich.serve.workbench import Batcher, Workbench
+from enrich.settings import ServeConfig
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "enrich_token"

@@ -7,7 +7,6 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -19,26 +18,7 @@ from enrich.run.models import Models, ModelSources
 from enrich.run.score import enrich_frame
 from enrich.serve.conflicts import Conflict, conflicts
 from enrich.serve.store import Store
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """How `enrich serve` runs."""
-
-    index: str  # an index folder from `enrich index`
-    db: str = "enrich-review.sqlite"  # the review store: batches and decisions
-    model: str | None = None  # a tagger folder; default: the index's
-    columns: Columns = field(default_factory=Columns)  # how uploaded catalogs name their columns
-    host: str = "127.0.0.1"
-    port: int = 8000
-    token: str = ""  # required by every page and API call; a random one is made when none is given
-    max_listings: int = 1000  # per POST /v1/enrich
-    max_request_bytes: int = 2 * 2**20  # an API request's body
-    max_upload_bytes: int = 200 * 2**20  # an uploaded catalog
-    batch_listings: int = 64  # listings the batcher puts through the models at once
-    batch_wait_ms: float = 10.0  # how long the batcher waits for more requests once one has come
-    conflict_cosine: float = 0.95  # reference listings at least this similar are near-identical
-    uploads: str = ""  # where uploaded catalogs are kept (default: beside the store)
+from enrich.settings import ServeConfig
 
 
 class Refused(InputError):

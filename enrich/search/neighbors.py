@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import hnswlib
 import numpy as np
 
 from enrich.errors import ArtifactError
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """How the approximate nearest-neighbour index is built and searched."""
-
-    M: int = 32  # graph degree: more links, better recall, more memory
-    ef_construction: int = 200  # build-time beam width
-    ef_search: int = 200  # query-time beam width; must be >= candidates
-    candidates: int = 50  # neighbours retrieved per listing, for the vote, the prior and re-ranking
-    seed: int = 100  # hnswlib's level generator, for reproducible builds
-    threads: int = -1  # -1: all cores
+from enrich.settings import IndexConfig
 
 
 class NeighborIndex:

@@ -7,23 +7,14 @@ the prior and the benchmark's baselines both use it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-
-@dataclass(frozen=True)
-class LexicalConfig:
-    """The TF-IDF vocabulary fitted on the reference catalog."""
-
-    ngram_max: int = 2  # words and word pairs
-    min_df: int = 2  # a term seen in one listing only says nothing about its neighbours
-    max_features: int = 200_000  # vocabulary cap, for large catalogs
-    fit_rows: int = 200_000  # vocabulary and idf from at most this many listings drawn at random: a sample
-    # that large already holds every term worth keeping, and fitting on 1M texts held them all in memory
+from enrich.settings import LexicalConfig
 
 
 class Lexical:
