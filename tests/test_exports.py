@@ -219,3 +219,19 @@ def test_eval_scores_categories_on_every_labelled_listing_and_priors_where_engag
     assert m["tags"]["enrich"]["full path"]["n"] == 9 and m["priors"] is None
     assert any("no engagement column" in w for w in m["warnings"])
     assert "not measured" in evaluation.markdown()
+
+
+@pytest.mark.parametrize("name", ["shopify_products.csv", "woocommerce_products.csv", "google_merchant.tsv",
+                                  "google_merchant.xml", "magento_products.csv"])
+def test_each_export_goes_through_inspect_index_and_run_without_a_columns_file(name, tmp_path, capsys):
+    path = str(EXPORTS / name)
+    assert main(["inspect", path]) == 0
+    assert "format: " in capsys.readouterr().out
+    assert main(["index", path, "--out", str(tmp_path / "index"), "--quiet"]) == 0
+    assert main(["run", path, "--index", str(tmp_path / "index"), "--out", str(tmp_path / "out.parquet"), "--quiet"]) == 0
+    out, given = pl.read_parquet(tmp_path / "out.parquet"), load_catalog(path)
+    assert out["id"].to_list() == given["id"].to_list()  # every row accounted for, in order
+    assert out["status"].to_list() == given["status"].to_list()
+    ok = out.filter(pl.col("status") == "ok")
+    assert ok["category"].null_count() == 0 and ok["neighbors"].list.len().min() > 0
+    assert ok["exposure_prior"].null_count() == ok.height  # these exports carry no engagement
