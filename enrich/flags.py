@@ -69,11 +69,11 @@ def _index_parser(commands, quiet: argparse.ArgumentParser) -> None:
     index.add_argument("--decisions", metavar="FILE", help="the team's decisions (`enrich review export`): relabel the "
                        "listings they name, add the reviewed ones as labelled listings")
     index.add_argument("--accept-precision", type=float, default=0.9, metavar="P",
-                       help="accept a predicted path (or back off to a level) where calibration says it is right this "
+                       help="accept predicted paths, and back off to a level of the others, so that each is right this "
                        "often (default 0.9)")
     index.add_argument("--accept-confidence", type=float, default=0.9, metavar="C",
-                       help="... with this confidence on the calibration split: the precision's lower bound must reach "
-                       "P (default 0.9; 0: the calibration split's own share, on average)")
+                       help="... with this confidence, shown on reference listings apart from those that fitted the "
+                       "calibration (default 0.9; 0: their share right, on average: no guarantee)")
     change = index.add_argument_group("changing an existing index")
     change.add_argument("--update", action="store_true",
                         help="add the file's new listings and replace its changed ones without a rebuild; deletes nothing")
