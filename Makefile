@@ -8,7 +8,7 @@ CATALOG ?= ../shared/data/amazon_uk_toys/catalog.csv
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo describe finetune serve test test-all wheel-check screenshot eval bench bench-llm bench-tags bench-serve scale
+.PHONY: help setup demo describe finetune serve test test-all wheel-check screenshot eval bench bench-promise bench-llm bench-tags bench-serve scale
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -61,6 +61,10 @@ eval: ## hold out 20% of ../shared/data/amazon_uk_toys/catalog.csv, enrich and s
 
 bench: ## the benchmarks on ../shared/data/amazon_uk_toys (out/bench*.md, .json; the tables in docs/benchmarks.md)
 	$(BIN)/python -m benchmarks.bench --out $(OUT) $(ARGS)
+	$(BIN)/python -m benchmarks.promise --out $(OUT) $(filter --no-tagger --no-docs,$(ARGS))
+
+bench-promise: ## the acceptance promise and review effort on 5 splits, with and without taggers (cached in out/; ARGS="--no-tagger")
+	$(BIN)/python -m benchmarks.promise --out $(OUT) $(ARGS)
 
 bench-llm: ## the LLM stage against the hand-labelled listings in tests/data (out/bench-llm.md, .json)
 	$(BIN)/python -m benchmarks.llm --out $(OUT) $(ARGS)

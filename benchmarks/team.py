@@ -35,7 +35,7 @@ def held_out_calibration(index: ReferenceIndex, found, tagger: Tagger | None, tr
         if len(rows) < 20 or index.acceptance is None:
             continue
         raw = np.array([votes.level_scores[i][d - 1] for i in rows])
-        calibrated = np.array([index.acceptance.calibrated(votes.level_scores[i])[d - 1] for i in rows])
+        calibrated = np.array([index.acceptance.prefix_chances(votes.level_scores[i])[d - 1] for i in rows])
         right = np.array([path_prefix(votes.category[i], d) == path_prefix(truth[i], d) for i in rows], dtype=float)
         out[f"depth {d}"] = {"listings": len(rows), "ece_raw": expected_calibration_error(raw, right),
                              "ece_calibrated": expected_calibration_error(calibrated, right)}
@@ -99,8 +99,8 @@ def markdown_rows(m: dict, team: dict) -> list[str]:
     if a and policy:
         held_to = f"{policy['target_precision']:g}" + (f" with {policy['confidence']:.0%} confidence" if policy.get("confidence")
                                                         else " on average")
-        lines += [f"| accepted at full depth (target precision {held_to}, thresholds chosen on "
-                  f"{policy['metrics']['calibration']['listings']} calibration listings: "
+        lines += [f"| accepted at full depth (target precision {held_to}, thresholds tested on "
+                  f"{policy['metrics']['calibration']['listings']} listings apart from the calibration maps: "
                   f"{policy['metrics']['calibration']['source']}): share; precision | **{f(a['accepted_share'])}**; "
                   f"**{f(a['accepted_precision'])}** | | >= 0.75 at >= 0.90 |",
                   f"| with backoff (`category_confident`): precision; share keeping a level; share of the true depth kept | "

@@ -101,10 +101,10 @@ def _index_parser(commands, quiet: argparse.ArgumentParser) -> None:
     index.add_argument("--model", help="a fine-tuned tagger folder (`enrich finetune`); `enrich run` uses it by default")
     index.add_argument("--decisions", metavar="FILE", help="the team's decisions (`enrich review export`): relabel the "
                        "listings they name, add the reviewed ones as labelled listings")
-    setting(index, "--accept-precision", AcceptanceConfig, "target_precision", "accept a predicted path (or back off to "
-            "a level) where calibration says it is right this often", type=float, metavar="P")
-    setting(index, "--accept-confidence", AcceptanceConfig, "confidence", "... with this confidence on the calibration "
-            "split: the precision's lower bound must reach P; 0: the calibration split's own share, on average",
+    setting(index, "--accept-precision", AcceptanceConfig, "target_precision", "accept predicted paths, and back off "
+            "to a level of the others, so that each is right this often", type=float, metavar="P")
+    setting(index, "--accept-confidence", AcceptanceConfig, "confidence", "... with this confidence, shown on reference "
+            "listings apart from those that fitted the calibration (0: their share right, on average: no guarantee)",
             type=float, metavar="C")
     change = index.add_argument_group("changing an existing index")
     change.add_argument("--update", action="store_true",

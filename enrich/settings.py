@@ -104,11 +104,12 @@ class PriorConfig:
 class AcceptanceConfig:
     """How the acceptance policy is fitted at index build."""
 
-    target_precision: float = 0.9  # accepted paths (and backed-off levels) must be right this often
-    # ... with this confidence on the calibration split (the precision's lower bound); None: on average there
+    target_precision: float = 0.9  # accepted paths, and the levels backed off to, must be right this often
+    # ... with this confidence over the listings that test it (a finite-sample guarantee); None: on average there
     confidence: float | None = 0.9
-    calibration_rows: int = 2000  # reference listings held out of the category model to fit the policy on
-    calibration_share: float = 0.2  # at most this share of the labelled listings: the model must still learn from the rest
+    calibration_rows: int = 10_000  # labelled reference listings scored as new ones, at most
+    folds: int = 5  # the category model is refitted this many times, each time without one fold of them
+    map_share: float = 0.5  # without a tagger, the share of them that fits the calibration maps; the rest test
     seed: int = 0
 
     def __post_init__(self):
@@ -116,6 +117,9 @@ class AcceptanceConfig:
             raise ConfigError(f"the precision to accept at must be between 0 and 1, not {self.target_precision}")
         if self.confidence is not None and not 0 < self.confidence < 1:
             raise ConfigError(f"the confidence of the acceptance precision must be between 0 and 1, not {self.confidence}")
+        if self.folds < 2 or not 0 < self.map_share < 1:
+            raise ConfigError(f"calibration needs at least 2 folds and a map share between 0 and 1, not {self.folds}, "
+                              f"{self.map_share}")
 
 
 @dataclass(frozen=True)

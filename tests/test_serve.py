@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from benchmarks.serve import start
 from enrich.cli import main
+from enrich.index.store import FORMAT
 from enrich.serve.app import create_app, is_loopback
 from enrich.serve.workbench import Batcher
 from enrich.settings import ServeConfig
@@ -41,7 +42,7 @@ def test_the_api_enriches_listings_and_names_what_it_refuses(client):
     assert client.get("/v1/health").json() == {"status": "ok"}
     assert client.get("/v1/info").status_code == 401
     info = client.get("/v1/info", headers=AUTH).json()
-    assert info["listings"] == 1000 and info["format"] == 3
+    assert info["listings"] == 1000 and info["format"] == FORMAT
     answer = client.post("/v1/enrich", headers=AUTH, json={"listings": [
         {"id": "a", "title": "Wooden train set", "brand": "Brio", "description": ["engine", "three carriages"]},
         {"id": "b", "title": "Balloon pump", "category": "Party Supplies > Balloons"}]})

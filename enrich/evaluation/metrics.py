@@ -174,3 +174,13 @@ def acceptance_scores(predicted: list[str | None], confident: list[str | None], 
             "backoff_kept_share": len(kept) / len(rows),
             "depth_kept_share": float(np.mean([len(path_levels(c)) / len(path_levels(t)) if c and ok else 0.0
                                                for (c, t), ok in zip(kept, right_level)] + [0.0] * (len(rows) - len(kept))))}
+
+
+def review_effort(right: np.ndarray, order: np.ndarray, targets: tuple[float, ...] = (0.9, 0.95)) -> dict[float, float]:
+    """The share of a batch a reviewer works through in `order` (a permutation of its listings) before the batch's
+    categories are right at least each target share of the time: each reviewed listing ends up right (the reviewer
+    gives the true path), the others stay as predicted (`right`)."""
+    right = np.asarray(right, bool)
+    after = (right.sum() + np.cumsum(~right[order])) / len(right)  # the share right after reviewing 1, 2, ... listings
+    return {target: 0.0 if right.mean() >= target else float((np.argmax(after >= target) + 1) / len(right))
+            for target in targets}

@@ -47,8 +47,8 @@ def to_markdown(m: dict) -> str:
         lines.append(f"| {bucket} | {row['n']} | {_f(a['full path'])} | {_f(a['top level'])} | {_f(b['full path'])} | {_f(b['top level'])} |")
     team = m["team"]
     h, a = team["hierarchical"], team["acceptance"]
-    lines += ["", "**The team's view** (the acceptance policy the index chose on its calibration split, applied to the held-out"
-              " listings)", "",
+    lines += ["", "**The team's view** (the acceptance policy the index chose on its own reference listings, applied to the"
+              " held-out listings)", "",
               f"Hierarchical precision / recall / F1: {_f(h['precision'])} / {_f(h['recall'])} / {_f(h['f1'])}."]
     if a and team["policy"]:
         lines.append(f"Accepted at full depth: {_f(a['accepted_share'])} of listings, right {_f(a['accepted_precision'])}; "

@@ -25,7 +25,8 @@ from enrich.search.lexical import Lexical
 from enrich.search.neighbors import NeighborIndex
 from enrich.prior import ExposurePrior
 
-FORMAT = 3  # 3: every file's size and checksum in the manifest; one copy of the encoder's settings
+FORMAT = 4  # 3: every file's size and checksum in the manifest; one copy of the encoder's settings; 4: the acceptance
+# policy's two promises, each tested on listings apart from its calibration maps
 MANIFEST = "manifest.json"
 REFERENCE = "reference.parquet"  # the id map: row i is hnswlib label i
 EMBEDDINGS = "embeddings.npy"

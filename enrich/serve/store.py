@@ -53,11 +53,12 @@ def _check(action: str, source: str) -> None:
 
 
 def review_priority(status: str, category_score: float | None, exposure_prior: float | None, given: bool) -> float:
-    """What a review is worth: the chance the category is wrong times the exposure the listing is expected to get.
-    Listings that came with their category, or could not be enriched, come last."""
+    """What a review is worth: the chance the category is wrong (`category_score` is calibrated), so that a batch is
+    right as often as the team needs after the fewest reviews; the exposure expected only breaks ties (weighing by
+    it cost reviews, docs/benchmarks.md). Listings that came with their category, or could not be enriched, come last."""
     if status != "ok" or given or category_score is None:
         return -1.0
-    return (1.0 - category_score) * math.log1p(max(exposure_prior or 0.0, 0.0) + 1.0)
+    return (1.0 - category_score) + 1e-9 * math.log1p(max(exposure_prior or 0.0, 0.0))
 
 
 @dataclass(frozen=True)
