@@ -8,7 +8,10 @@ cached under a digest of those texts and the recipe (see `Int8Recipe`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 import json
 import os
 import shutil
@@ -125,10 +128,11 @@ def quantize_int8(model, calibration: list[dict[str, np.ndarray]], recipe: Int8R
     advanced = AdvancedQuantizationParameters(
         overflow_fix=OverflowFix.ENABLE if recipe.overflow_fix else OverflowFix.FIRST_LAYER,
         smooth_quant_alphas=AdvancedSmoothQuantParameters() if recipe.smooth_quant else AdvancedSmoothQuantParameters(matmul=-1))
+    nncf.set_log_level(logging.WARNING)  # not its INFO lines about each node it leaves alone
     scope = nncf.IgnoredScope(patterns=list(recipe.keep_float), validate=False) if recipe.keep_float else None
-    return nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=sum(len(b["input_ids"]) for b in calibration), ignored_scope=scope,
-                         advanced_parameters=advanced)
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars, about half a minute of them
+        return nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(calibration), ignored_scope=scope, advanced_parameters=advanced)
 
 
 class CompiledModel:

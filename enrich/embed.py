@@ -153,11 +153,11 @@ class Encoder:
         """Offer int8 calibrated on `texts` (an index's reference listings) as one more candidate: kept where it is
         the fastest and agrees with torch fp32. Not tried where the precision is named, OpenVINO or NNCF is missing,
         there are fewer than `CALIBRATION_LISTINGS` texts, or int8 was measured slower on this machine before."""
-        if len(texts) < CALIBRATION_LISTINGS:
-            self.int8_note = f"not tried: {len(texts)} reference listings, int8 is calibrated on {CALIBRATION_LISTINGS}"
-            return
         calibration = Calibration.of(list(texts[:CALIBRATION_LISTINGS]), self.fingerprint)
         if self.calibration == calibration:
+            return
+        if len(texts) < CALIBRATION_LISTINGS:
+            self.int8_note = f"not tried: {len(texts)} reference listings, int8 is calibrated on {CALIBRATION_LISTINGS}"
             return
         self.calibration, self.int8_note = calibration, None
         if not self._measuring or "openvino fp32" not in self._measuring or not nncf_available():
@@ -213,11 +213,12 @@ class Encoder:
                 model = self.model if self.model.dtype == DTYPES[precision] else copy.deepcopy(self.model).to(DTYPES[precision])
                 self._runners[path] = torch_runner(model, self.device)
             else:
-                graph = self._int8_model() if precision == "int8" else self._openvino_model()
+                graph = self._int8_model() if precision == "int8" else self.openvino_model()
                 self._runners[path] = openvino_runner(CompiledModel(graph, precision, torch.get_num_threads()))
         return self._runners[path]
 
-    def _openvino_model(self):
+    def openvino_model(self):
+        """The fp32 OpenVINO model of these weights: converted once, then read from the cache."""
         example = {"input_ids": torch.ones((1, 8), dtype=torch.long), "attention_mask": torch.ones((1, 8), dtype=torch.long)}
         return cached_model(f"encoder-{self.fingerprint}-openvino{installed_version('openvino')}",
                             lambda: convert(HiddenStates(self.model.float()), example))
@@ -230,7 +231,7 @@ class Encoder:
         def make():
             ids = self.tokenizer(self.calibration.calibrate_on, truncation=True, max_length=self.max_tokens)["input_ids"]
             batches = [inputs for _, inputs in padded_batches(self.tokenizer, ids, self.config.batch_size)]
-            return quantize_int8(self._openvino_model(), batches, INT8_RECIPE)
+            return quantize_int8(self.openvino_model(), batches, INT8_RECIPE)
 
         return cached_model(f"encoder-{self.fingerprint}-int8-{self.calibration.digest}-openvino"
                             f"{installed_version('openvino')}-nncf{installed_version('nncf')}", make)

@@ -91,10 +91,13 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def named_precision(precision: str) -> str:
-    """The precision asked for: the setting, unless it is "auto" and ENRICH_PRECISION names one."""
+def named_precision(precision: str, has_int8: bool = True) -> str:
+    """The precision asked for: the setting, unless it is "auto" and ENRICH_PRECISION names one. ENRICH_PRECISION=int8
+    names the encoder's path: a model without one (`has_int8` False) goes on choosing its own."""
     if precision == "auto":
         precision = os.environ.get(ENVIRONMENT, "auto") or "auto"
+        if precision == "int8" and not has_int8:
+            return "auto"
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"precision must be auto, {', '.join(PRECISIONS)}, not {precision!r}")
     return precision

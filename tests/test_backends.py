@@ -93,8 +93,12 @@ def test_without_openvino_the_torch_path_still_runs(without_openvino, cache, tin
         Encoder(EncoderConfig(model_path=tiny_bert, backend="openvino"))
 
 
-def test_named_paths_and_paths_that_cannot_be():
+def test_named_paths_and_paths_that_cannot_be(monkeypatch):
+    from enrich.precision import named_backend
+
     assert candidate_paths("auto", "bf16", "cpu") == (["torch bf16"], "asked for")  # a precision named alone: torch
+    monkeypatch.setenv("ENRICH_BACKEND", "torch")
+    assert named_backend("auto") == "torch" and named_backend("openvino") == "openvino"  # the setting wins
     assert candidate_paths("torch", "auto", "cpu")[0] == ["torch fp32", "torch bf16"]
     assert candidate_paths("auto", "auto", "cuda") == (["torch fp16"], "the GPU's default")
     with pytest.raises(ValueError, match="int8 runs in OpenVINO only"):
@@ -146,7 +150,7 @@ def test_auto_measures_every_path_here_and_caches_the_choice(cache, tiny_bert):
 
 
 @needs_openvino
-def test_the_tagger_predicts_through_openvino_as_through_torch(cache, tiny_tagger):
+def test_the_tagger_predicts_through_openvino_as_through_torch(cache, tiny_tagger, monkeypatch):
     from enrich.category.tagger import Tagger
 
     texts = TEXTS * 3
@@ -157,6 +161,10 @@ def test_the_tagger_predicts_through_openvino_as_through_torch(cache, tiny_tagge
     assert [[level.path for level in p] for p in exact.predict(texts)] == [[level.path for level in p] for p in fast.predict(texts)]
     auto = Tagger.load(tiny_tagger, device="cpu")
     assert set(auto.precision.per_s) >= {"torch fp32", "torch bf16", "openvino fp32"}
+    monkeypatch.setenv("ENRICH_PRECISION", "int8")  # the encoder's path: the tagger, which has none, goes on choosing
+    assert Tagger.load(tiny_tagger, device="cpu").precision.reason == "cached"
+    with pytest.raises(ValueError, match="no int8 path"):
+        Tagger.load(tiny_tagger, device="cpu", precision="int8")
 
 
 @needs_openvino

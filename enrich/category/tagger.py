@@ -122,10 +122,10 @@ class Tagger:
                              " train it again with `enrich finetune`")
         check_files(folder, info["files"], "`enrich finetune`")
         device = resolve_device(device)
-        if device != "cpu" and named_precision(precision) == "auto":
+        if device != "cpu" and named_precision(precision, has_int8=False) == "auto":
             paths, reason = ["torch fp32"], "the GPU's default"
         else:
-            paths, reason = candidate_paths(named_backend(backend), named_precision(precision), device)
+            paths, reason = candidate_paths(named_backend(backend), named_precision(precision, has_int8=False), device)
         if "openvino int8" in paths:
             raise ValueError("the tagger has no int8 path (int8 is calibrated for the encoder only): fp32 or bf16")
         model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).to(device)
