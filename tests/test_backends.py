@@ -11,8 +11,8 @@ import pytest
 
 import enrich.backends
 import enrich.embed
-from enrich.embed import Encoder, EncoderConfig, candidate_paths, neighbours_kept
-from enrich.precision import choose, measure
+from enrich.embed import Encoder, EncoderConfig, candidate_paths
+from enrich.precision import choose, measure, neighbours_kept
 
 TEXTS = ["LEGO Technic 42027 Desert Racer | LEGO", "Hornby R3060 Flying Scotsman train set | Hornby",
          "Pink glitter unicorn party balloons, pack of 10 | Amscan", "x", "wooden train set with a bridge and three carriages"]
@@ -242,3 +242,11 @@ def test_an_index_keeps_the_listings_its_int8_model_was_calibrated_on(cache, tin
     texts = json.loads((tmp_path / "index" / CALIBRATION).read_text())["texts"]
     assert len(texts) == 50 and len(set(texts)) > 40
     assert encoder_for(tmp_path / "index").calibration.digest == manifest["encoder"]["calibration"]["digest"]
+
+
+@needs_openvino
+def test_int8_asked_for_waits_for_an_index_to_calibrate_it(cache, tiny_bert):
+    encoder = Encoder(EncoderConfig(model_path=tiny_bert, precision="int8"))
+    assert encoder.path == "openvino int8" and encoder.identity()["dtype"] == "int8"
+    with pytest.raises(ValueError, match="calibrated on an index's reference listings"):
+        encoder.encode(TEXTS)
