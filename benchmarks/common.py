@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 
 from enrich.catalog import Columns
 from enrich.embed import Encoder
-from enrich.precision import cpu_flags, cpu_model, dtype_name
+from enrich.precision import SPEED_FLAGS, cpu_model, speed_flags
 from enrich.sample import AMAZON_COLUMNS  # noqa: F401  (re-exported for the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,6 @@ DESCRIPTIONS = SHARED_DATA / "amazon_uk_toys" / "with_descriptions.csv"
 TEST_DATA = ROOT / "tests" / "data"
 AMAZON = Columns(id="uniq_id", title="product_name", brand="manufacturer", text=(),
                  category="amazon_category_and_sub_category", engagement="number_of_reviews")
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
 
 def gpu_name() -> str | None:
@@ -31,18 +30,17 @@ def gpu_name() -> str | None:
 
 
 def cpu() -> dict:
-    """The CPU's model name, the instruction sets that decide which precision is fast, and torch's threads."""
-    flags = cpu_flags()
-    return {"model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "flags": [f for f in CPU_FLAGS if f in flags]}
+    """The CPU's model name, the instruction sets that decide which path is fast (`SPEED_FLAGS`), and torch's threads."""
+    return {"model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "flags": speed_flags()}
 
 
 def machine(encoder: Encoder) -> str:
-    """Where the figures were measured: the CPU, the GPU if any, and the encoder's precision there."""
+    """Where the figures were measured: the CPU and the flags of `SPEED_FLAGS` it has, the GPU if any, and the
+    encoder's path there."""
     c = cpu()
     return (f"{c['model']} ({platform.machine()}, {c['cores']} cores, torch threads {c['torch_threads']}, "
-            f"{' '.join(c['flags']) or 'no AVX-512'}), {gpu_name() or 'no GPU'}, "
-            f"encoder on {encoder.device} in {dtype_name(encoder.dtype)}")
+            f"{' '.join(c['flags']) or 'no AVX2'}; not {' '.join(f for f in SPEED_FLAGS if f not in c['flags'])}), "
+            f"{gpu_name() or 'no GPU'}, encoder on {encoder.device} in {encoder.path}")
 
 
 def rho(x: np.ndarray, y: np.ndarray) -> float:

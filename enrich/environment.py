@@ -8,7 +8,8 @@ from pathlib import Path
 
 VARIABLES = {
     "ENRICH_TOKEN": "the token of `enrich serve` (as --token)",
-    "ENRICH_PRECISION": "fp32, bf16 or fp16 for every model on this machine, instead of the precision measured",
+    "ENRICH_PRECISION": "fp32, bf16, fp16 or int8 (the encoder) for every model on this machine, instead of the precision measured",
+    "ENRICH_BACKEND": "torch or openvino for every model on this machine, instead of the backend measured",
     "ENRICH_CACHE": "where measurements, converted models, LLM answers and bug logs are kept (default ~/.cache/enrich)",
     "ENRICH_PROMPTS": "a folder of the team's own released prompts, instead of those enrich ships",
     "ENRICH_LLM_BACKEND": "the LLM stage's backend, local or openai (as --llm-backend)",

@@ -1,11 +1,13 @@
 """Where models run and in which precision.
 
 On a GPU, the encoder runs in fp16 and the rest as before. On a CPU, "auto" is decided by the clock, not by the
-CPU's flags: the first time a model is used on a machine, a short fixed workload runs in each candidate precision,
-and the fastest one that agrees with fp32 is kept (a CPU that reports bf16 units can still run bf16 slower than
-fp32). The choice is cached per machine (CPU model, cores, torch version) and model, in `precision.json` beside the
-other caches, and recorded, with the measurements behind it, in every manifest. A named precision (a flag, the
-config, or ENRICH_PRECISION) is used as it is.
+CPU's flags: the first time a model is used on a machine, a short fixed workload runs in each candidate (a backend,
+torch or OpenVINO, and a precision), and the fastest one that agrees with fp32 is kept (a CPU that reports bf16
+units can still run bf16 slower than fp32). The choice is cached per machine and model in `precision.json` beside
+the other caches, under a key made of what decides speed (`machine_key`: the CPU's model and instruction sets, its
+cores, the threads, the libraries' versions), so a changed machine measures again; it is recorded, with the
+measurements behind it, in every manifest. A named precision (a flag, the config, or ENRICH_PRECISION) is used as
+it is.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from enrich.environment import cache_dir, variable
@@ -26,7 +30,14 @@ from enrich.errors import ConfigError
 from enrich.files import write_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = (*DTYPES, "int8")  # int8: OpenVINO only, calibrated on an index's reference listings
+BACKENDS = ("torch", "openvino")
 ENVIRONMENT = "ENRICH_PRECISION"
+BACKEND_ENVIRONMENT = "ENRICH_BACKEND"
+# The instruction sets that decide which precision and backend are fast: bf16 and int8 dot products, AMX tiles.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+               "amx_int8")
+SPEED_LIBRARIES = ("torch", "transformers", "openvino", "nncf")
 
 
 @cache
@@ -54,8 +65,27 @@ def cpu_model() -> str:
     return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
+def speed_flags() -> list[str]:
+    flags = cpu_flags()
+    return [flag for flag in SPEED_FLAGS if flag in flags]
+
+
+def library_versions() -> str:
+    """The versions of the libraries that run the models ("-" for one not installed), read without importing them."""
+    found = []
+    for package in SPEED_LIBRARIES:
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} -")
+    return ", ".join(found)
+
+
 def machine_key() -> str:
-    return f"{cpu_model()}|{os.cpu_count()} cores|{torch.get_num_threads()} threads|torch {torch.__version__}"
+    """What decides which candidate is fastest here: two CPUs of one model name can differ in AVX-512 BF16 or VNNI
+    (and run bf16 seven times slower without it), and a new library version brings new kernels."""
+    return (f"{cpu_model()}|{' '.join(speed_flags()) or 'no avx2'}|{os.cpu_count()} cores|"
+            f"{torch.get_num_threads()} threads|{library_versions()}")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -64,18 +94,32 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def named_precision(precision: str) -> str:
-    """The precision asked for: the setting, unless it is "auto" and ENRICH_PRECISION names one."""
+def named_precision(precision: str, has_int8: bool = True) -> str:
+    """The precision asked for: the setting, unless it is "auto" and ENRICH_PRECISION names one. ENRICH_PRECISION=int8
+    names the encoder's path: a model without one (`has_int8` False) goes on choosing its own."""
     if precision == "auto":
         precision = variable(ENVIRONMENT) or "auto"
-    if precision != "auto" and precision not in DTYPES:
-        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+        if precision == "int8" and not has_int8:
+            return "auto"
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ConfigError(f"precision must be auto, {', '.join(PRECISIONS)}, not {precision!r}")
     return precision
+
+
+def named_backend(backend: str) -> str:
+    """The backend asked for: the setting, unless it is "auto" and ENRICH_BACKEND names one."""
+    if backend == "auto":
+        backend = variable(BACKEND_ENVIRONMENT) or "auto"
+    if backend != "auto" and backend not in BACKENDS:
+        raise ConfigError(f"backend must be auto, {' or '.join(BACKENDS)}, not {backend!r}")
+    return backend
 
 
 def resolve_dtype(precision: str, device: str) -> torch.dtype:
     """A named precision as a dtype; "auto" before measuring: fp16 on CUDA, else fp32 (see `Measured`)."""
     precision = named_precision(precision)
+    if precision == "int8":
+        raise ConfigError("precision int8 runs in OpenVINO only (backend openvino or auto), for the encoder")
     if precision in DTYPES:
         return DTYPES[precision]
     return torch.float16 if device.startswith("cuda") else torch.float32
@@ -87,12 +131,13 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass
 class Measured:
-    """A precision choice and what it rests on."""
+    """A choice of precision (and backend: "openvino int8") and what it rests on."""
 
     chosen: str
     reason: str  # "measured", "cached" (measured before on this machine), "asked for", "no other candidate here"
-    per_s: dict[str, float] = field(default_factory=dict)  # items per second in each candidate precision
+    per_s: dict[str, float] = field(default_factory=dict)  # items per second in each candidate
     agrees: dict[str, bool] = field(default_factory=dict)  # whether each candidate agreed with fp32
+    figures: dict[str, dict] = field(default_factory=dict)  # agreement figures behind a verdict, where kept
 
 
 def choose(per_s: dict[str, float], agrees: dict[str, bool], baseline: str = "fp32") -> str:
@@ -105,30 +150,67 @@ def cache_file() -> Path:
     return cache_dir() / "precision.json"
 
 
-def measure(stage: str, model_key: str, candidates: dict[str, Callable[[], object]], items: int,
-            agree: Callable[[object, object], bool], repeats: int = 2) -> Measured:
-    """Run each candidate's workload (once to warm up, then `repeats` times, the best kept), keep the fastest that
-    agrees with the first candidate (full precision), and cache the choice for this machine and model. A cached choice
-    is used without measuring."""
-    key = f"{stage}|{model_key}|{machine_key()}"
-    path = cache_file()
+def _known() -> dict:
     try:
-        cached = json.loads(path.read_text()).get(key)
+        known = json.loads(cache_file().read_text())
     except (OSError, json.JSONDecodeError):
-        cached = None
-    if cached and cached.get("chosen") in candidates:
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def cached_choice(stage: str, model_key: str, candidates) -> Measured | None:
+    """The choice measured before on this machine among these very candidates (a new candidate, such as OpenVINO
+    installed since, is measured again), or None."""
+    cached = _known().get(f"{stage}|{model_key}|{machine_key()}")
+    if not isinstance(cached, dict) or set(cached.get("per_s") or {}) != set(candidates) or cached.get("chosen") not in candidates:
+        return None
+    try:
         return Measured(**{**cached, "reason": "cached"})
+    except TypeError:  # written by another version of enrich
+        return None
+
+
+def measured_here(stage: str, model_prefix: str) -> list[Measured]:
+    """Every choice measured on this machine for `stage` and a model key that starts with `model_prefix`."""
+    machine, found = machine_key(), []
+    for key, value in _known().items():
+        if key.startswith(f"{stage}|{model_prefix}") and key.endswith(f"|{machine}"):
+            try:
+                found.append(Measured(**value))
+            except TypeError:  # written by another version of enrich
+                continue
+    return found
+
+
+def measure(stage: str, model_key: str, candidates: dict[str, Callable[[], object]], items: int,
+            agree: Callable[[object, object], bool], repeats: int = 2,
+            agree_with: dict[str, Callable[[object, object], bool]] | None = None,
+            figures: dict[str, dict] | None = None) -> Measured:
+    """Run each candidate's workload once to warm up, then `repeats` times in turn, the best kept (a candidate at
+    under half the fastest one's rate is not run again), keep the fastest that agrees with the first candidate (full
+    precision), and cache the choice for this machine and model. A cached choice is used without measuring.
+    `agree_with`: a candidate's own agreement check, instead of `agree`; `figures`: what is known of agreement beside."""
+    cached = cached_choice(stage, model_key, candidates)
+    if cached is not None:
+        return cached
     if len(candidates) == 1:
         return Measured(next(iter(candidates)), "no other candidate here")
-    outputs, per_s = {}, {}
-    for name, run in candidates.items():
+    outputs, seconds = {}, {}
+    for name, run in candidates.items():  # a first run builds the kernels for every shape; timed all the same
+        started = time.perf_counter()
         outputs[name] = run()
-        best = min(_seconds(run) for _ in range(repeats))
-        per_s[name] = round(items / best, 1)
+        seconds[name] = [time.perf_counter() - started]
+    for _ in range(repeats):
+        fastest = min(min(s) for s in seconds.values())
+        for name, run in candidates.items():
+            if min(seconds[name]) <= 2 * fastest:
+                seconds[name].append(_seconds(run))
+    per_s = {name: round(items / min(s), 1) for name, s in seconds.items()}
     baseline = next(iter(candidates))
-    agrees = {name: bool(agree(outputs[baseline], out)) for name, out in outputs.items()}
-    measured = Measured(choose(per_s, agrees, baseline), "measured", per_s, agrees)
-    _remember(path, key, measured)
+    checks = {name: (agree_with or {}).get(name, agree) for name in candidates}
+    agrees = {name: bool(checks[name](outputs[baseline], out)) for name, out in outputs.items()}
+    measured = Measured(choose(per_s, agrees, baseline), "measured", per_s, agrees, figures or {})
+    _remember(cache_file(), f"{stage}|{model_key}|{machine_key()}", measured)
     return measured
 
 
@@ -140,13 +222,23 @@ def _seconds(run: Callable[[], object]) -> float:
 
 def _remember(path: Path, key: str, measured: Measured) -> None:
     try:
-        known = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        known = {}
-    try:
-        write_json(path, {**known, key: asdict(measured)})
+        write_json(path, {**_known(), key: asdict(measured)})
     except (OSError, ValueError):  # a read-only home: measured again next time, nothing worse
         pass
+
+
+def neighbours_kept(reference: np.ndarray, got: np.ndarray, k: int = 10) -> float:
+    """The share of each text's `k` nearest others (by `reference`) that `got` keeps among its own `k` nearest."""
+    k = min(k, len(reference) - 1)
+    if k < 1:
+        return 1.0
+
+    def nearest(vectors: np.ndarray) -> np.ndarray:
+        similarity = vectors @ vectors.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(nearest(reference), nearest(got))]))
 
 
 def workload(count: int = 256) -> list[str]:

@@ -23,7 +23,8 @@ class EncoderConfig:
     model_path: str | None = None  # a sentence-transformers folder; None: the packaged all-MiniLM-L6-v2
     max_tokens: int = 256  # the model's limit; the title comes first, so only the tail is ever cut
     batch_size: int = 32  # fastest measured on 2 cores with bf16 (16..64 within 10%)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: measured on a CPU (see enrich.precision), fp16 on CUDA
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8; auto: measured on a CPU (see enrich.precision), fp16 on CUDA
+    backend: str = "auto"  # auto | torch | openvino; auto: measured with the precision on a CPU; a precision named alone: torch
     device: str = "auto"  # auto | cpu | cuda
 
 

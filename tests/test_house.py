@@ -95,7 +95,7 @@ LAYERS = [
               "enrich.sample"]),
     ("catalog", ["enrich.catalog"]),
     ("settings", ["enrich.settings"]),
-    ("encoder and search blocks", ["enrich.precision", "enrich.embed", "enrich.search"]),
+    ("encoder and search blocks", ["enrich.precision", "enrich.backends", "enrich.embed", "enrich.search"]),
     ("models", ["enrich.category", "enrich.prior", "enrich.llm"]),
     ("index", ["enrich.index"]),
     ("run", ["enrich.run"]),

@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 from scipy.special import expit, softmax
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from enrich.backends import Batch, CompiledModel, cached_model, convert, installed_version
 from enrich.catalog.paths import PATH_SEPARATOR, path_levels
-from enrich.embed import same_length_batches
-from enrich.errors import ArtifactError
+from enrich.embed import candidate_paths, padded_batches
+from enrich.errors import ArtifactError, ConfigError
 from enrich.files import check_files, file_digests, write_json
-from enrich.precision import DTYPES, Measured, dtype_name, measure, named_precision, resolve_device, resolve_dtype, workload
+from enrich.precision import DTYPES, Measured, cached_choice, measure, named_backend, named_precision, resolve_device, workload
 
 TAGGER_FILE = "tagger.json"
 TAG_PREFIX = "tag: "  # how a catalog tag's output is named in the model's id2label, after the paths
@@ -66,6 +68,17 @@ class Hierarchy:
         return matrix
 
 
+class Logits(torch.nn.Module):
+    """The classifier's logits, for OpenVINO's converter."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
 class Tagger:
     """Predicts category paths with per-level scores for listing texts."""
 
@@ -76,7 +89,11 @@ class Tagger:
         self.tokenizer = tokenizer
         self.info = info
         self.device = device
-        self.dtype = dtype  # the autocast precision of predictions; the weights stay fp32
+        self.dtype = dtype  # the precision of predictions (torch: autocast); the weights stay fp32
+        short = {value: name for name, value in DTYPES.items()}[dtype]
+        self.precision = Measured(f"torch {short}", "asked for")
+        self._runners: dict[str, object] = {}
+        self._run = self._runner(self.precision.chosen)
         self.tag_labels = list(info["tag_labels"])
         self.tag_threshold = info["tag_threshold"]  # None in a tagger without tags
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels - len(self.tag_labels))]
@@ -90,10 +107,11 @@ class Tagger:
             raise ArtifactError(f"{folder}: not an enrich tagger (no {TAGGER_FILE}); train one with `enrich finetune`")
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto") -> "Tagger":
-        """`precision`: fp32, bf16 or fp16 autocast (the weights stay fp32). On a CPU, auto is measured: bf16 where it
-        predicts a fixed workload faster and names the same path for 99% of it. On a GPU auto is fp32: fp16 autocast
-        measured slower there for a model this small (docs/benchmarks.md)."""
+    def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto", backend: str = "auto") -> "Tagger":
+        """`precision`: fp32, bf16 or fp16 (torch: autocast, the weights stay fp32); `backend`: torch or OpenVINO. On
+        a CPU, auto is measured: the path that predicts a fixed workload fastest and names the same path as torch fp32
+        for 99% of it. On a GPU auto is torch fp32: fp16 autocast measured slower there for a model this small
+        (docs/benchmarks.md)."""
         folder = Path(folder)
         cls.check(folder)
         try:
@@ -105,27 +123,58 @@ class Tagger:
                                 " train it again with `enrich finetune`")
         check_files(folder, info["files"], "`enrich finetune`")
         device = resolve_device(device)
-        dtype = torch.float32 if named_precision(precision) == "auto" else resolve_dtype(precision, device)
+        if device != "cpu" and named_precision(precision, has_int8=False) == "auto":
+            paths, reason = ["torch fp32"], "the GPU's default"
+        else:
+            paths, reason = candidate_paths(named_backend(backend), named_precision(precision, has_int8=False), device)
+        if "openvino int8" in paths:
+            raise ConfigError("the tagger has no int8 path (int8 is calibrated for the encoder only): fp32 or bf16")
         model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).to(device)
-        tagger = cls(model, AutoTokenizer.from_pretrained(folder, local_files_only=True), info, device, dtype, folder)
-        tagger.precision = Measured(dtype_name(dtype), "asked for" if named_precision(precision) != "auto" else "the GPU's default")
-        if named_precision(precision) == "auto" and device == "cpu":
-            tagger._choose_precision()
+        tagger = cls(model, AutoTokenizer.from_pretrained(folder, local_files_only=True), info, device, folder=folder)
+        if len(paths) > 1:
+            tagger._choose(paths)
+        else:
+            tagger._use(paths[0], Measured(paths[0], reason))
         return tagger
 
-    def _choose_precision(self) -> None:
-        texts = workload()
+    def _choose(self, paths: list[str]) -> None:
+        key, texts = self.info["files"]["model.safetensors"]["sha256"], workload()
+        measured = cached_choice("tagger", key, paths)
+        if measured is None:
+            for path in paths:  # converted and compiled before the clock starts
+                self._runner(path)
+            same_paths = lambda ref, got: float(np.mean(ref[:, : len(self.labels)].argmax(1) == got[:, : len(self.labels)].argmax(1))) >= 0.99
+            measured = measure("tagger", key, {path: (lambda path=path: self.logits_with(path, texts)) for path in paths},
+                               len(texts), same_paths)
+        self._use(measured.chosen, measured)
 
-        def run(dtype: torch.dtype):
-            def logits():
-                self.dtype = dtype
-                return self.logits(texts)
-            return logits
+    def _use(self, path: str, measured: Measured) -> None:
+        self.precision, self.dtype = measured, DTYPES[path.split()[1]]
+        self._run = self._runner(path)
+        self._runners = {path: self._run}
 
-        same_paths = lambda ref, got: float(np.mean(ref[:, : len(self.labels)].argmax(1) == got[:, : len(self.labels)].argmax(1))) >= 0.99
-        self.precision = measure("tagger", self.info["files"]["model.safetensors"]["sha256"],
-                                 {"fp32": run(torch.float32), "bf16": run(torch.bfloat16)}, len(texts), same_paths)
-        self.dtype = DTYPES[self.precision.chosen]
+    def _runner(self, path: str):
+        if path not in self._runners:
+            backend, precision = path.split()
+            if backend == "torch":
+                self._runners[path] = torch_logits(self.model, self.device, DTYPES[precision])
+            else:
+                example = {"input_ids": torch.ones((1, 8), dtype=torch.long), "attention_mask": torch.ones((1, 8), dtype=torch.long)}
+                digest = self.info["files"]["model.safetensors"]["sha256"][:16]
+                graph = cached_model(f"tagger-{digest}-openvino{installed_version('openvino')}",
+                                     lambda: convert(Logits(self.model), example))
+                compiled = CompiledModel(graph, precision, torch.get_num_threads())
+                self._runners[path] = lambda batches, deliver: compiled.run(
+                    batches, lambda positions, logits, inputs: deliver(positions, logits.astype(np.float32)))
+        return self._runners[path]
+
+    def logits_with(self, path: str, texts: list[str]) -> np.ndarray:
+        """`texts`' logits on another path than the chosen one (for measuring and checking)."""
+        chosen, self._run = self._run, self._runner(path)
+        try:
+            return self.logits(texts)
+        finally:
+            self._run = chosen
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -135,17 +184,16 @@ class Tagger:
         self.info = {**self.info, "files": file_digests(folder, skip=(TAGGER_FILE,))}
         write_json(folder / TAGGER_FILE, self.info)  # last: a folder without it is not a tagger yet
 
-    @torch.inference_mode()
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.model.config.num_labels), np.float32)
         if not texts:
             return out
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        for idx, length in same_length_batches([len(x) for x in ids], batch_size):
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, padding="max_length", max_length=length,
-                                       return_tensors="pt").to(self.device)
-            with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                out[idx] = self.model(**batch).logits.float().cpu().numpy()
+
+        def deliver(positions: np.ndarray, logits: np.ndarray) -> None:
+            out[positions] = logits
+
+        self._run(padded_batches(self.tokenizer, ids, batch_size), deliver)
         return out
 
     def probabilities(self, texts: list[str], logits: np.ndarray | None = None) -> np.ndarray:
@@ -176,3 +224,16 @@ class Tagger:
             result.append([PathLevel(prefix, d, float(level_scores[d - 1][i, hierarchy.prefix_index[d - 1][prefix]]))
                            for d, prefix in ((d, PATH_SEPARATOR.join(levels[:d])) for d in range(1, len(levels) + 1))])
         return result
+
+
+def torch_logits(model, device: str, dtype: torch.dtype):
+    """Batches through the torch classifier, under autocast in `dtype` (the weights stay as trained)."""
+
+    @torch.inference_mode()
+    def run(batches: Iterable[Batch], deliver) -> None:
+        for positions, inputs in batches:
+            batch = {name: torch.from_numpy(values).to(device) for name, values in inputs.items()}
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+                deliver(positions, model(**batch).logits.float().cpu().numpy())
+
+    return run

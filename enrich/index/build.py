@@ -20,15 +20,15 @@ from enrich.catalog.load import read_catalog
 from enrich.catalog.decisions import apply_decisions, read_decisions
 from enrich.category.lexical_model import CategoryModel
 from enrich.category.tagger import Tagger
-from enrich.settings import EnrichConfig
-from enrich.embed import BatchEncoder, Encoder, text_hashes
+from enrich.embed import CALIBRATION_LISTINGS, BatchEncoder, Encoder, text_hashes
 from enrich.errors import ArtifactError
-from enrich.files import NpyRowWriter, exclusive_lock, file_digests
+from enrich.files import NpyRowWriter, exclusive_lock, file_digests, write_json
 from enrich.index.calibration import fit_acceptance
+from enrich.index.store import (CALIBRATION, EMBEDDINGS, FORMAT, GRAPH, LEXICAL_MATRIX, MANIFEST, REFERENCE, REFUSED,
+                                check_encoder, read_manifest)
 from enrich.search.lexical import Lexical
 from enrich.search.neighbors import NeighborIndex
-from enrich.index.store import (EMBEDDINGS, FORMAT, GRAPH, LEXICAL_MATRIX, MANIFEST, REFERENCE, REFUSED, check_encoder,
-                                read_manifest)
+from enrich.settings import EnrichConfig
 from enrich.index.versions import new_version
 from enrich.manifest import Summary, now, package_versions
 from enrich.prior import ExposurePrior, brand_key, brand_statistics, engagement_log_cap, reference_evidence
@@ -46,16 +46,23 @@ def text_chunks(listings: pl.DataFrame):
         yield start, listing_texts(listings.slice(start, BUILD_CHUNK_ROWS))
 
 
-def embedding_cache_key(encoder: Encoder, dtype: str | None = None) -> str:
-    """What a listing's text hash is made with besides its text. `dtype`: the precision an index recorded, where it
-    is not this machine's (an index built on a GPU, or where bf16 is native, and updated elsewhere)."""
-    return f"{encoder.identity()['fingerprint']}:{f'torch.{dtype}' if dtype else encoder.dtype}:{encoder.max_tokens}"
+def embedding_cache_key(encoder: Encoder, recorded: dict | None = None) -> str:
+    """What a listing's text hash is made with besides its text: the weights, the path (backend and precision) and
+    the token limit. `recorded`: the encoder an index recorded, where its path is not this machine's (an index built
+    on a GPU, or where bf16 or int8 is fast, and updated elsewhere)."""
+    backend, dtype = (recorded.get("backend", "torch"), recorded["dtype"]) if recorded else (encoder.backend, encoder.dtype)
+    return f"{encoder.fingerprint}:{backend}.{dtype}:{encoder.max_tokens}"
+
+
+def calibration_texts(ok: pl.DataFrame, seed: int) -> list[str]:
+    """Reference listings in a seeded random order, for the encoder to calibrate int8 on (`Encoder.calibrate`)."""
+    return listing_texts(ok[np.random.default_rng(seed).permutation(ok.height)[:CALIBRATION_LISTINGS]])
 
 
 class EmbeddingCache:
     """Vectors of an earlier build of this folder whose text and weights are unchanged, looked up a chunk at a time.
-    The earlier build may have run in another precision (on a GPU, say): its vectors serve all the same (they agree
-    to cosine 0.9999), looked up by the hashes it made."""
+    The earlier build may have run on another path (on a GPU, in OpenVINO, in int8): its vectors serve all the same
+    (each path was kept only where it agrees with torch fp32), looked up by the hashes it made."""
 
     def __init__(self, out_dir: Path, encoder: Encoder):
         self.dim, self.where, self.vectors = encoder.dim, {}, None
@@ -65,7 +72,7 @@ class EmbeddingCache:
             check_encoder(manifest, encoder.identity(), out_dir)
             old = pl.read_parquet(out_dir / REFERENCE, columns=["text_hash"])["text_hash"].to_list()
             self.vectors = np.load(out_dir / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
-            self.key = embedding_cache_key(encoder, manifest["encoder"]["dtype"])
+            self.key = embedding_cache_key(encoder, manifest["encoder"])
         except (OSError, KeyError, ValueError, ArtifactError, pl.exceptions.PolarsError, json.JSONDecodeError):
             return  # no earlier build here to reuse: every listing is embedded
         if len(old) == len(self.vectors):
@@ -197,6 +204,7 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
         raise CatalogError(f"{source}: {ok.height} usable reference listings (of {frame.height} rows); an index needs at"
                            f" least {MIN_REFERENCE}")
     encoder = encoder or Encoder(config.encoder)
+    encoder.calibrate(calibration_texts(ok, config.prior.seed))
     with exclusive_lock(out_dir, "this index"), new_version(out_dir) as folder:
         lexical = Lexical.fit(listing_texts(ok[fit_sample(ok.height, config.lexical.fit_rows, config.prior.seed)]),
                               config.lexical)
@@ -241,6 +249,8 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
             category_model.save(folder)
         if acceptance is not None:
             acceptance.save(folder)
+        if encoder.calibration is not None:  # a run or an update makes the same int8 model from them
+            write_json(folder / CALIBRATION, {"texts": list(encoder.calibration.texts)})
         (folder / MANIFEST).write_text(json.dumps({**manifest, "files": file_digests(folder)}, indent=1))
     summary.seconds = time.perf_counter() - started
     return summary

@@ -33,6 +33,7 @@ EMBEDDINGS = "embeddings.npy"
 GRAPH = "hnsw.bin"
 LEXICAL_MATRIX = "lexical_matrix.npz"
 REFUSED = "refused.parquet"  # reference rows that could not be indexed, with why
+CALIBRATION = "encoder_calibration.json"  # reference listings the encoder's int8 model is calibrated on, where it was
 REQUIRED = (MANIFEST, REFERENCE, EMBEDDINGS, GRAPH, LEXICAL_MATRIX, *Lexical.FILES)  # the prior's: where it has one
 
 
@@ -142,7 +143,21 @@ def encoder_for(folder: str | Path) -> Encoder:
     if model_fingerprint(str(weights)) != recorded:
         raise IndexMismatch(f"{folder / MANIFEST}: the encoder at {weights} is not the one the index was built with"
                             f" (fingerprint {model_fingerprint(str(weights))}, recorded {recorded}); rebuild the index")
-    return Encoder(config)
+    return Encoder(config, calibration=recorded_calibration(folder))
+
+
+def recorded_calibration(folder: Path) -> list[str] | None:
+    """The listings the index's encoder calibrated int8 on, so that a run makes the same int8 model; None if none."""
+    path = folder / CALIBRATION
+    if not path.exists():
+        return None
+    try:
+        texts = json.loads(path.read_text())["texts"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise IndexMismatch(f"{path}: cannot be read ({type(e).__name__}: {e}); the index is damaged: rebuild it") from None
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise IndexMismatch(f"{path}: 'texts' is not a list of strings; the index is damaged: rebuild it")
+    return texts
 
 
 def recorded_tagger(index: ReferenceIndex) -> Path | None:

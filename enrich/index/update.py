@@ -26,17 +26,17 @@ from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.catalog.decisions import apply_decisions, read_decisions, relabel
 from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
-from enrich.settings import EnrichConfig, UpdateConfig
 from enrich.embed import text_hashes
 from enrich.errors import InputError
 from enrich.files import NpyRowWriter, exclusive_lock, file_digests
 from enrich.index.build import BUILD_CHUNK_ROWS, MIN_REFERENCE, embedding_cache_key, text_chunks
-from enrich.search.lexical import Lexical
-from enrich.index.store import (EMBEDDINGS, GRAPH, LEXICAL_MATRIX, MANIFEST, REFERENCE, REFUSED, IndexMismatch,
+from enrich.index.store import (CALIBRATION, EMBEDDINGS, GRAPH, LEXICAL_MATRIX, MANIFEST, REFERENCE, REFUSED, IndexMismatch,
                                 ReferenceIndex, encoder_for)
 from enrich.index.versions import new_version
 from enrich.manifest import Summary, now
 from enrich.prior import ExposurePrior
+from enrich.search.lexical import Lexical
+from enrich.settings import EnrichConfig, UpdateConfig
 
 
 
@@ -90,7 +90,7 @@ def update_index(reference_path: str | Path, out_dir: str | Path, columns: Colum
         encoder = encoder_for(out_dir)
         index = ReferenceIndex.load(out_dir, encoder)
         # Hashed as the index was, whatever this machine's precision: else every listing would look changed here.
-        change = changes(index, frame, embedding_cache_key(encoder, index.manifest["encoder"]["dtype"]))
+        change = changes(index, frame, embedding_cache_key(encoder, index.manifest["encoder"]))
         gone = change.replaced + (change.missing if delete_missing else [])
         live = int((~index.reference["deleted"]).sum())
         max_delete_share = update.max_delete_share
@@ -138,10 +138,11 @@ def write_update(index: ReferenceIndex, out_dir: Path, frame: pl.DataFrame, refe
     unknown = live_categories - set(index.category_model.labels if index.category_model else ())
     update = {"at": now(), "source": source, "added": change.added.height, "deleted": len(gone),
               "replaced": len(change.replaced), "refreshed": change.unchanged.height,
-              "categories_unknown_to_the_model": len(unknown), "decisions": decisions}
+              "categories_unknown_to_the_model": len(unknown), "decisions": decisions, "embedded_with": encoder.path}
     manifest = updated_manifest(index.manifest, reference, update, started)
     unchanged_files = (*Lexical.FILES, *(ExposurePrior.FILES if index.prior else ()), *(CategoryModel.FILES if index.category_model else ()),
-                       *((AcceptancePolicy.FILE,) if index.acceptance else ()))
+                       *((AcceptancePolicy.FILE,) if index.acceptance else ()),
+                       *((CALIBRATION,) if (index.folder / CALIBRATION).exists() else ()))
     with new_version(out_dir) as folder:
         reference.write_parquet(folder / REFERENCE)
         frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / REFUSED)

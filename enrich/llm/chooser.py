@@ -121,7 +121,7 @@ class LocalChooser:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         # bf16 ran the local model 2.5 times faster than fp32 on a CPU with bf16 units, with the same answers; measured
         # choice as for the encoder is left to a later change: ENRICH_PRECISION names one meanwhile.
-        named = named_precision("auto")
+        named = named_precision("auto", has_int8=False)
         dtype = DTYPES[named] if named != "auto" else (torch.bfloat16 if not torch.cuda.is_available() and cpu_has_native_bf16()
                                                          else torch.float32)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
