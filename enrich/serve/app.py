@@ -16,6 +16,7 @@ import sys
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -150,7 +151,7 @@ def serve(config: ServeConfig) -> None:
             runtime.chmod(0o600)
             os.environ[RUNTIME] = str(runtime)
             server_config = ServerConfig("enrich.serve.app:app_from_runtime", factory=True, workers=config.workers, **options)
-        print(f"enrich serve: http://{config.host}:{config.port}/?token={config.token}  (API: Authorization: Bearer"
+        print(f"enrich serve: http://{config.host}:{config.port}/?token={quote(config.token, safe='')}  (API: Authorization: Bearer"
               f" {config.token})", file=sys.stderr, flush=True)
         run_uvicorn(server_config)
     finally:

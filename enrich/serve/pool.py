@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -109,7 +110,13 @@ class ModelPool:
     def _watch(self) -> None:
         while not self.stopping.wait(0.5):
             for i, process in enumerate(self.processes):
-                if process is not None and process.poll() is not None and not self.stopping.is_set():
+                if process is None or process.poll() is None:
+                    continue
+                # A SIGTERM usually reaches the whole group (systemd, a terminal, kill -- -PGID): this process is
+                # stopping too, and starting the worker again would only leave one behind. Wait to see.
+                if process.returncode == -signal.SIGTERM and self.stopping.wait(10):
+                    return
+                if not self.stopping.is_set():
                     print(f"enrich serve: the model worker (pid {process.pid}) stopped with code {process.returncode};"
                           " starting it again", file=sys.stderr, flush=True)
                     self.restarts += 1
@@ -230,7 +237,8 @@ class ModelClient:
         except OSError as error:
             raise ModelsUnavailable(f"the models' process cannot be reached ({error}): try again in a few seconds") from None
         try:
-            header, answer = await asyncio.wait_for(future, self.timeout)
+            # An upload's chunk waits as long as interactive work keeps the models busy: that is the point.
+            header, answer = await asyncio.wait_for(future, self.timeout if priority == INTERACTIVE else None)
         except asyncio.TimeoutError:
             link.forget(number)
             raise ModelsUnavailable(f"the models did not answer within {self.timeout:g} s") from None

@@ -52,13 +52,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        awaiting = self.header_bytes is not None
-        super().data_received(data)
-        if awaiting and self.header_bytes is not None and not self.transport.is_closing():  # still in the headers
-            self.header_bytes += len(data)
+        if self.header_bytes is not None:  # still in a request's line and headers: count them, up to their end
+            end = data.find(b"\r\n\r\n")
+            self.header_bytes += len(data) if end < 0 else end + 4
             if self.header_bytes > self.max_header_bytes:
                 self._stop_header_timer()
-                self._refuse(b"431 Request Header Fields Too Large", b"the request's headers are too large\n")
+                self.header_bytes = None
+                return self._refuse(b"431 Request Header Fields Too Large", b"the request's headers are too large\n")
+        super().data_received(data)
 
     def on_headers_complete(self) -> None:
         self._stop_header_timer()

@@ -227,12 +227,16 @@ class Worker:
     def _execute(self, batch: list[Job]) -> None:
         try:
             answers = self._answers(batch)
-        except EnrichError as error:  # every request of the batch hears of it; the worker goes on
-            answers = [(pack({"n": job.number, "error": str(error), "kind": "input"}), job) for job in batch]
         except Exception as error:
-            traceback.print_exc(file=sys.stderr)
-            answers = [(pack({"n": job.number, "error": f"{type(error).__name__}: {error}", "kind": "bug"}), job)
-                       for job in batch]
+            if len(batch) > 1:  # one request's listings broke the batch: each alone, so that only its sender hears
+                for job in batch:
+                    self._execute([job])
+                return
+            if not isinstance(error, EnrichError):
+                traceback.print_exc(file=sys.stderr)
+            kind = "input" if isinstance(error, EnrichError) else "bug"
+            message = str(error) if kind == "input" else f"{type(error).__name__}: {error}"
+            answers = [(pack({"n": batch[0].number, "error": message, "kind": kind}), batch[0])]
         self.batches += 1
         self.listings += sum(job.size for job in batch)
         for message, job in answers:
