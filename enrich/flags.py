@@ -189,15 +189,25 @@ def _serve_parser(commands, quiet: argparse.ArgumentParser) -> None:
     setting(serve, "--port", ServeConfig, "port", "port to listen on", type=int)
     serve.add_argument("--token", help="the token every page and API call needs (default ENRICH_TOKEN, else a random one, "
                        "printed)")
-    limits = serve.add_argument_group("limits and batching (ServeConfig)")
+    limits = serve.add_argument_group("processes, limits and batching (ServeConfig)")
     for name, kind, help in (("max_listings", int, "listings per POST /v1/enrich"),
                              ("max_request_bytes", int, "bytes of an API request's body"),
                              ("max_upload_bytes", int, "bytes of an uploaded catalog"),
                              ("batch_listings", int, "listings the batcher puts through the models at once"),
                              ("batch_wait_ms", float, "how long the batcher waits for more requests once one has come"),
                              ("conflict_cosine", float, "reference listings at least this similar are near-identical"),
-                             ("uploads", str, "folder for uploaded catalogs; empty: beside the store")):
-        setting(limits, f"--{name.replace('_', '-')}", ServeConfig, name, help, type=kind)
+                             ("uploads", str, "folder for uploaded catalogs; empty: beside the store"),
+                             ("workers", int, "HTTP processes (more where cores allow; the models have their own)"),
+                             ("model_workers", int, "processes holding the models"),
+                             ("model_threads", int, "torch threads per model worker; 0: the cores shared among them"),
+                             ("max_pending_listings", int, "listings waiting for the models before a 503"),
+                             ("max_connections", int, "connections and requests in flight before a 503"),
+                             ("model_timeout_s", float, "seconds a request waits for the models before a 503"),
+                             ("header_timeout_s", float, "seconds a request's headers may take to arrive (408)"),
+                             ("max_header_bytes", int, "bytes of a request's line and headers (431)"),
+                             ("body_timeout_s", float, "seconds a body may take, plus one per --min-body-rate bytes"),
+                             ("min_body_rate", float, "bytes per second a long body must keep up on average")):
+        setting(limits, f"--{name.replace('_', '-')}", ServeConfig, name, help, type=kind, dest=f"serve_{name}")
     column_flags(serve)
 
 

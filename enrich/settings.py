@@ -300,3 +300,13 @@ class ServeConfig:
     batch_wait_ms: float = 10.0  # how long the batcher waits for more requests once one has come
     conflict_cosine: float = 0.95  # reference listings at least this similar are near-identical
     uploads: str = ""  # where uploaded catalogs are kept (default: beside the store)
+    workers: int = 1  # HTTP processes (parsing, checking, answering); more where cores allow
+    model_workers: int = 1  # processes holding the models, fed by one batching queue each
+    model_threads: int = 0  # torch threads per model worker; 0: the machine's cores shared among them
+    max_pending_listings: int = 2048  # listings waiting for the models before the API answers 503 (try again)
+    max_connections: int = 512  # open connections and requests in flight before the server answers 503
+    model_timeout_s: float = 120.0  # how long a request waits for the models before a 503
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this (slowloris: 408)
+    max_header_bytes: int = 64 * 1024  # a request's line and headers (431 beyond)
+    body_timeout_s: float = 30.0  # a body must arrive within this, plus a second per min_body_rate bytes (408)
+    min_body_rate: float = 64 * 1024  # bytes per second a long body (an upload) must keep up on average

@@ -21,10 +21,11 @@ from benchmarks.serve import start
 from enrich.cli import main
 from enrich.index.store import FORMAT
 from enrich.serve.app import create_app, is_loopback
-from enrich.serve.workbench import Batcher
+from enrich.serve.wire import BULK, INTERACTIVE
+from enrich.serve.worker import BatchQueue, Job
 from enrich.settings import ServeConfig
 
-TOKEN = "test-token"
+TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -67,47 +68,55 @@ def test_the_api_enriches_listings_and_names_what_it_refuses(client):
     assert many.status_code == 422 and "at most 20" in many.text
     huge = client.post("/v1/enrich", headers=AUTH, json={"listings": [{"id": "a", "title": "x" * 300_000}]})
     assert huge.status_code == 413
-    assert client.post("/v1/enrich", headers=AUTH, content=b"{not json", ).status_code == 422
+    assert client.post("/v1/enrich", headers={**AUTH, "Content-Type": "application/json"}, content=b"{not json").status_code == 422
+    assert client.post("/v1/enrich", headers=AUTH, content=b'{"listings": []}').status_code == 415  # not said to be JSON
     assert client.get("/openapi.json", headers=AUTH).json()["paths"].keys() >= {"/v1/enrich", "/v1/health", "/v1/info"}
+
+
+def served(client) -> dict:
+    return client.get("/v1/info", headers=AUTH).json()["served"]
 
 
 def test_concurrent_requests_share_batches_and_get_what_they_would_alone(client):
     titles = [f"{colour} wooden toy train {i}" for i, colour in enumerate(["red", "blue", "green", "yellow"] * 6)]
     alone = [client.post("/v1/enrich", headers=AUTH, json={"listings": [{"id": str(i), "title": t}]}).json()["listings"][0]
              for i, t in enumerate(titles)]
-    batcher = client.app.state.batcher
-    before = batcher.batches
+    before = served(client)
     with ThreadPoolExecutor(max_workers=12) as pool:
         together = list(pool.map(lambda it: client.post("/v1/enrich", headers=AUTH, json={
             "listings": [{"id": str(it[0]), "title": it[1]}]}).json()["listings"][0], enumerate(titles)))
     assert together == alone  # the same numbers whichever requests shared a batch
-    assert batcher.batches - before < len(titles)
+    after = served(client)
+    assert after["listings"] - before["listings"] >= len(titles)
+    assert after["batches"] - before["batches"] < len(titles) + 2  # some shared a batch (+2: the /v1/info calls)
+
+
+def job(name: str, arrived: float, size: int = 1, op: str = "enrich", priority: int = INTERACTIVE) -> Job:
+    return Job(None, 0, op, name, size, priority, arrived)
 
 
 def test_requests_that_queued_while_the_models_were_busy_do_not_wait_again():
-    """The batcher's wait counts from a request's arrival: what queued during a batch goes in as soon as it ends."""
-    batches = []  # (listings, started, ended)
+    """The batch queue's wait counts from a request's arrival: what queued during a batch goes in as soon as it ends.
+    The clock is the test's: nothing here depends on how busy the machine is."""
+    queue = BatchQueue(max_listings=100, wait_s=0.5)
+    queue.put(job("a", arrived=0.0))
+    assert queue.take(0.2) == [] and queue.due(0.2) == pytest.approx(0.3)  # the first waits for company
+    assert [j.payload for j in queue.take(0.5)] == ["a"]  # ... until 0.5 s; then the models are busy until 1.3 s
+    queue.put(job("b", arrived=0.6))
+    queue.put(job("c", arrived=0.7))
+    assert queue.due(1.3) == 0.0 and [j.payload for j in queue.take(1.3)] == ["b", "c"]  # their wait ended at 1.1 s
+    assert queue.take(1.3) == [] and queue.due(1.3) is None
 
-    class SlowModels:
-        def enrich_requests(self, requests):
-            started = time.perf_counter()
-            time.sleep(0.8)
-            batches.append((len(requests), started, time.perf_counter()))
-            return [[{"id": r[0]["id"]}] for r in requests]
 
-    async def scenario():
-        batcher = Batcher(SlowModels(), max_listings=100, wait_ms=500)
-        batcher.start()
-        first = asyncio.create_task(batcher.enrich([{"id": "a"}]))
-        await asyncio.sleep(0.6)  # the first batch left at 0.5 s and is in the models until 1.3 s
-        later = await asyncio.gather(batcher.enrich([{"id": "b"}]), batcher.enrich([{"id": "c"}]))
-        await first
-        await batcher.stop()
-        return later
-
-    assert asyncio.run(scenario()) == [[{"id": "b"}], [{"id": "c"}]]
-    assert [size for size, _, _ in batches] == [1, 2]
-    assert batches[1][1] - batches[0][2] < 0.25  # their wait ended at 1.1 s; waiting again would add 0.5 s
+def test_interactive_work_goes_before_an_upload_and_batches_are_cut_at_their_size():
+    queue = BatchQueue(max_listings=4, wait_s=0.01)
+    queue.put(job("chunk", 0.0, size=4, op="frame", priority=BULK))
+    queue.put(job("x", 0.1, size=3))
+    queue.put(job("y", 0.1, size=2))
+    queue.put(job("explain", 0.2, op="explain"))
+    # x and y would exceed 4 listings: x goes alone at once (y waits behind it), then y, then the page's explain,
+    # and only then the upload's chunk, which came first.
+    assert [[j.payload for j in queue.take(0.2)] for _ in range(4)] == [["x"], ["y"], ["explain"], ["chunk"]]
 
 
 def test_pages_need_the_token_and_forms_need_their_csrf_token(client):
@@ -274,7 +283,7 @@ def test_a_reviewer_works_through_a_batch_in_a_real_browser(conflicted_index, sa
             page.set_input_files("input[type=file]", str(sample["new"]))
             page.click("#upload")
             page.wait_for_selector("table.queue tbody tr", timeout=60_000)
-            page.wait_for_function("!document.querySelector('progress')", timeout=60_000)
+            page.wait_for_selector("progress", state="detached", timeout=60_000)  # no eval: the CSP allows none
             page.keyboard.press("j")
             page.keyboard.press("Enter")  # the first listing of the queue, by keyboard
             page.wait_for_selector("#accept")

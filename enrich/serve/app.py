@@ -1,110 +1,171 @@
-"""`enrich serve`: one process serving the review workbench (pages) and the enrichment API (`/v1`).
+"""`enrich serve`: the review workbench (pages) and the enrichment API (`/v1`), in HTTP processes that parse, check
+and answer, and model workers (`worker.py`) that hold the models and batch the work (see docs/guide.md).
 
 Safe by default: it binds to loopback; every page and API call needs the server's token (a random one is made and
 printed when none is given), pages through a cookie that the link with `?token=` sets, the API through an
-`Authorization: Bearer` header; forms carry a CSRF token; bodies over the limits are refused with 413 before
-they are read; templates escape every listing field.
+`Authorization: Bearer` header; forms carry a CSRF token; bodies are counted as they arrive and refused past the
+limits (413), slow ones cut off (408); templates escape every listing field (see `security.py`).
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
+import json
+import os
 import secrets
 import sys
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from enrich.errors import ConfigError
+from enrich.catalog import Columns
+from enrich.errors import ConfigError, InputError
 from enrich.serve import api, pages
-from enrich.serve.workbench import Batcher, Workbench
+from enrich.serve.pool import ModelClient, ModelPool, ModelsBusy, ModelsUnavailable
+from enrich.serve.security import Guard, check_token, derived, is_loopback  # noqa: F401  (is_loopback: re-exported)
+from enrich.serve.workbench import Workbench
 from enrich.settings import ServeConfig
 
 STATIC = Path(__file__).parent / "static"
-COOKIE = "enrich_token"
-OPEN_PATHS = ("/v1/health", "/static/")
+RUNTIME = "ENRICH_SERVE_RUNTIME"  # the file that tells uvicorn's worker processes their settings and model sockets
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-class Guard:
-    """Every request but the health check and the static files: its body within the limits (413 before it is read),
-    and the server's token, from the `Authorization` header (the API) or the cookie the `?token=` link sets (pages).
-    Plain ASGI: it adds nothing to a request's cost but the checks."""
-
-    def __init__(self, app, config: ServeConfig):
-        self.app, self.config = app, config
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        request = Request(scope)
-        path, config = scope["path"], self.config
-        length = request.headers.get("content-length")
-        limit = config.max_upload_bytes if path == "/batches" else config.max_request_bytes
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return await PlainTextResponse(f"request body over {limit} bytes", status_code=413)(scope, receive, send)
-        if path.startswith(OPEN_PATHS):
-            return await self.app(scope, receive, send)
-        given = request.query_params.get("token")
-        if given is not None and scope["method"] == "GET" and hmac.compare_digest(given, config.token):
-            response = RedirectResponse(path or "/", status_code=303)  # the token leaves the address bar at once
-            response.set_cookie(COOKIE, config.token, httponly=True, samesite="strict")
-            return await response(scope, receive, send)
-        bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        cookie = request.cookies.get(COOKIE, "") if not path.startswith("/v1/") else ""
-        if hmac.compare_digest(bearer, config.token) or hmac.compare_digest(cookie, config.token):
-            return await self.app(scope, receive, send)
-        if path.startswith(("/v1/", "/docs", "/openapi")):
-            refusal = JSONResponse({"detail": "a token is needed: Authorization: Bearer <token>"}, status_code=401)
-        else:
-            refusal = PlainTextResponse("enrich: open the address `enrich serve` printed (it carries the token)", status_code=401)
-        return await refusal(scope, receive, send)
-
-
-def create_app(config: ServeConfig, workbench: Workbench | None = None) -> FastAPI:
-    """The app: its index and models loaded once (or the `workbench` given), shared by the pages and the API."""
+def create_app(config: ServeConfig, workbench: Workbench | None = None, model_sockets: list[str] | None = None) -> FastAPI:
+    """The app of one HTTP process. Its model workers are the ones at `model_sockets`; without them, the app starts
+    its own (`ModelPool`) when it starts, and stops them when it stops (tests, `TestClient`)."""
     if not config.token:
         raise ValueError("enrich serve needs a token (create_app is given one; the command makes one when none is given)")
+    check_token(config.token)
     bench = workbench or Workbench(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.batcher.start()
-        yield
-        await app.state.batcher.stop()
+        pool = None if model_sockets else ModelPool(config, config.model_workers, config.model_threads or None).start()
+        client = ModelClient(model_sockets or pool.sockets, config.max_pending_listings, config.model_timeout_s)
+        client.start()
+        try:
+            await bench.connect(client)
+            bench.mark_interrupted()
+            yield
+        finally:
+            bench.stop_jobs()
+            await client.close()
+            if pool is not None:
+                pool.stop()
 
-    app = FastAPI(title="enrich", version="1", lifespan=lifespan,
+    app = FastAPI(title="enrich", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Tags, similar popular listings and exposure priors for new listings; the review workbench.")
     app.state.workbench = bench
-    app.state.batcher = Batcher(bench, config.batch_listings, config.batch_wait_ms)
-    app.state.csrf = hmac.new(config.token.encode(), b"csrf", "sha256").hexdigest()
+    app.state.csrf = derived(config.token, b"csrf")
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
+    app.get("/docs", include_in_schema=False)(docs)
+    install_error_handlers(app)
+    app.openapi = lambda: openapi(app)
     app.add_middleware(Guard, config=config)
     return app
 
 
+def docs() -> HTMLResponse:
+    """Swagger UI from the vendored files (static/swagger): it works offline, and no inline script runs."""
+    return HTMLResponse((STATIC / "swagger" / "index.html").read_text())
+
+
+def openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, with the request body `/v1/enrich` reads itself (strict JSON, see api.py)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        body = api.EnrichRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        components["EnrichRequest"] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every refusal a 4xx or a 503 with a message, never a 500: the echo of an invalid value is left out (a NaN or
+    a lone surrogate cannot be written back as JSON), a number too large for the store is out of range."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> Response:
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in error.errors()]
+        return Response(json.dumps({"detail": detail}, default=str), status_code=422, media_type="application/json")
+
+    @app.exception_handler(OverflowError)
+    async def overflow(request: Request, error: OverflowError) -> Response:
+        return JSONResponse({"detail": "a number in the request is out of range"}, status_code=422)
+
+    @app.exception_handler(InputError)
+    async def refused(request: Request, error: InputError) -> Response:
+        return JSONResponse({"detail": str(error)}, status_code=422)
+
+    @app.exception_handler(ModelsBusy)
+    async def busy(request: Request, error: ModelsBusy) -> Response:
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(ModelsUnavailable)
+    async def unavailable(request: Request, error: ModelsUnavailable) -> Response:
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
+
+
+def app_from_runtime() -> FastAPI:
+    """The app in one of uvicorn's worker processes (`--workers` above 1): its settings and model sockets come from
+    the file the serving process wrote (mode 0600, in the pool's private folder)."""
+    runtime = json.loads(Path(os.environ[RUNTIME]).read_text())
+    fields = runtime["config"]
+    columns = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.pop("columns").items()}
+    return create_app(ServeConfig(**fields, columns=Columns(**columns)), model_sockets=runtime["sockets"])
+
+
 def serve(config: ServeConfig) -> None:
-    """Run the server until interrupted. Beyond loopback it must be given its token: a made-up one cannot be shared."""
-    import uvicorn
+    """Run the server until interrupted: the model workers first (loaded once), then the HTTP processes. Beyond
+    loopback it must be given its token: a made-up one cannot be shared."""
+    from enrich.serve.protocol import GuardedHttpProtocol, ServerConfig
 
     if not is_loopback(config.host) and not config.token:
         raise ConfigError(f"--host {config.host} is reachable from other machines: give it a --token (or ENRICH_TOKEN)")
-    token = config.token or secrets.token_urlsafe(24)
-    app = create_app(replace(config, token=token))
-    print(f"enrich serve: http://{config.host}:{config.port}/?token={token}  (API: Authorization: Bearer {token})",
-          file=sys.stderr, flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", loop="uvloop", http="httptools")
+    if config.token:
+        check_token(config.token)
+    if config.workers < 1 or config.model_workers < 1:
+        raise ConfigError("--workers and --model-workers must be at least 1")
+    config = replace(config, token=config.token or secrets.token_urlsafe(24))
+    pool = ModelPool(config, config.model_workers, config.model_threads or None).start()
+    try:
+        options = dict(host=config.host, port=config.port, log_level="warning", loop="uvloop", http=GuardedHttpProtocol,
+                       limit_concurrency=config.max_connections, timeout_keep_alive=5,
+                       header_timeout_s=config.header_timeout_s, max_header_bytes=config.max_header_bytes)
+        if config.workers == 1:
+            server_config = ServerConfig(create_app(config, model_sockets=pool.sockets), **options)
+        else:
+            runtime = pool.folder / "runtime.json"
+            runtime.write_text(json.dumps({"config": asdict(config), "sockets": pool.sockets}))
+            runtime.chmod(0o600)
+            os.environ[RUNTIME] = str(runtime)
+            server_config = ServerConfig("enrich.serve.app:app_from_runtime", factory=True, workers=config.workers, **options)
+        print(f"enrich serve: http://{config.host}:{config.port}/?token={quote(config.token, safe='')}  (API: Authorization: Bearer"
+              f" {config.token})", file=sys.stderr, flush=True)
+        run_uvicorn(server_config)
+    finally:
+        pool.stop()
+
+
+def run_uvicorn(config) -> None:
+    """What `uvicorn.run` does, with our `ServerConfig` (uvicorn.run would build its own)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        sock = config.bind_socket()
+        Multiprocess(config, target=server.run, sockets=[sock]).run()
+    else:
+        server.run()

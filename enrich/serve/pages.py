@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import threading
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from enrich.serve.security import local_path, same_secret
 from enrich.serve.store import PAGE, QueueFilter
 from enrich.serve.workbench import Workbench
 
@@ -28,7 +28,7 @@ def reviewer(request: Request) -> str:
 
 
 def check_csrf(request: Request, token: str) -> None:
-    if not hmac.compare_digest(token or "", request.app.state.csrf):
+    if not same_secret(token or "", request.app.state.csrf):
         raise HTTPException(403, "the form is stale or came from another site: reload the page")
 
 
@@ -45,7 +45,7 @@ def home(request: Request, bench: Workbench = Depends(workbench)):
 @router.post("/reviewer")
 def set_reviewer(request: Request, name: str = Form(max_length=100), csrf: str = Form("")):
     check_csrf(request, csrf)
-    response = RedirectResponse(request.headers.get("referer") or "/", status_code=303)
+    response = RedirectResponse(local_path(request.headers.get("referer"), request.headers.get("host")), status_code=303)
     response.set_cookie(REVIEWER, name.strip() or "reviewer", samesite="strict", httponly=True)
     return response
 
@@ -67,6 +67,8 @@ async def upload(request: Request, file: UploadFile, name: str = Form("", max_le
             size += len(block)
             if size > bench.config.max_upload_bytes:
                 bench.store.finish_batch(batch, error="the file is over the upload limit")
+                out.close()
+                path.unlink()  # a refused upload leaves nothing behind
                 raise HTTPException(413, f"the file is over {bench.config.max_upload_bytes} bytes")
             out.write(block)
     threading.Thread(target=bench.import_upload, args=(batch, path), daemon=True).start()

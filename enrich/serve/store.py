@@ -122,6 +122,28 @@ class Store:
         with self.connect() as db:
             db.execute("UPDATE batches SET state = ?, error = ? WHERE id = ?", ("failed" if error else "ready", error, batch))
 
+    # -- resumable batches: a batch whose process stopped is marked interrupted, then resumed where it stopped -----
+    def batches_in_state(self, state: str) -> list[int]:
+        with self.connect() as db:
+            return [r[0] for r in db.execute("SELECT id FROM batches WHERE state = ? ORDER BY id", (state,)).fetchall()]
+
+    def mark_interrupted(self, batch: int) -> bool:
+        """A batch left "enriching" by a process that stopped, marked "interrupted"; False if it had moved on."""
+        with self.connect() as db:
+            return db.execute("UPDATE batches SET state = 'interrupted' WHERE id = ? AND state = 'enriching'",
+                              (batch,)).rowcount == 1
+
+    def resume_batch(self, batch: int) -> bool:
+        """An interrupted batch back to "enriching"; False if it was not interrupted (or is resumed already)."""
+        with self.connect() as db:
+            return db.execute("UPDATE batches SET state = 'enriching', error = NULL WHERE id = ? AND state = 'interrupted'",
+                              (batch,)).rowcount == 1
+
+    def stored_rows(self, batch: int) -> set[int]:
+        """The rows of a batch already stored: a resumed batch skips them."""
+        with self.connect() as db:
+            return {r[0] for r in db.execute("SELECT row FROM listings WHERE batch = ?", (batch,)).fetchall()}
+
     def batches(self) -> list[dict]:
         with self.connect() as db:
             rows = db.execute("""SELECT b.*, (SELECT COUNT(DISTINCT d.listing) FROM decisions d WHERE d.batch = b.id) AS decided
