@@ -196,7 +196,8 @@ def _serve_parser(commands, quiet: argparse.ArgumentParser) -> None:
                              ("batch_listings", int, "listings the batcher puts through the models at once"),
                              ("batch_wait_ms", float, "how long the batcher waits for more requests once one has come"),
                              ("conflict_cosine", float, "reference listings at least this similar are near-identical"),
-                             ("uploads", str, "folder for uploaded catalogs; empty: beside the store")):
+                             ("uploads", str, "folder for uploaded catalogs; empty: beside the store"),
+                             ("reserve_seconds", float, "seconds a listing handed to a reviewer stays theirs")):
         setting(limits, f"--{name.replace('_', '-')}", ServeConfig, name, help, type=kind)
     column_flags(serve)
 
@@ -210,9 +211,11 @@ def _review_parser(commands, quiet: argparse.ArgumentParser) -> None:
     setting(into, "--db", ServeConfig, "db", "the review store (SQLite)")
     into.add_argument("--name", help="the batch's name (default: the input's file name)")
     column_flags(into)
-    export = actions.add_parser("export", help="every decision, for the learning loop and other systems")
+    export = actions.add_parser("export", help="the decisions, for the learning loop and other systems: the latest per "
+                                "listing (undone ones left out)")
     export.add_argument("--db", required=True, help="the review store (SQLite)")
     export.add_argument("--out", required=True, help="decisions.csv or decisions.parquet")
+    export.add_argument("--history", action="store_true", help="every decision instead, undos included, oldest first")
 
 
 def _inspect_parser(commands, quiet: argparse.ArgumentParser) -> None:

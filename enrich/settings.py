@@ -295,3 +295,4 @@ class ServeConfig:
     batch_wait_ms: float = 10.0  # how long the batcher waits for more requests once one has come
     conflict_cosine: float = 0.95  # reference listings at least this similar are near-identical
     uploads: str = ""  # where uploaded catalogs are kept (default: beside the store)
+    reserve_seconds: float = 300.0  # a listing handed to a reviewer stays theirs this long; another's decision this fresh warns
