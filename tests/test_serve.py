@@ -131,9 +131,12 @@ def test_a_batch_is_reviewed_in_the_pages_with_its_fields_escaped(client, sample
         .otherwise(pl.col("product_name"))
         .alias("product_name"))
     hostile.write_csv(tmp_path / "upload.csv")
+    client.cookies.set("enrich_reviewer", "ann")
     with open(tmp_path / "upload.csv", "rb") as handle:
         response = client.post("/batches", files={"file": ("../../etc/evil.csv", handle)}, data={"csrf": csrf, "name": "x"},
                                follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].startswith("/uploads/")  # the mapping step
+    response = client.post(response.headers["location"], data={"csrf": csrf, "step": "start"}, follow_redirects=False)
     assert response.status_code == 303
     batch = int(response.headers["location"].rsplit("/", 1)[1])
     for _ in range(100):
@@ -141,18 +144,21 @@ def test_a_batch_is_reviewed_in_the_pages_with_its_fields_escaped(client, sample
             break
         time.sleep(0.1)
     assert client.app.state.workbench.store.batch(batch)["state"] == "ready"
-    assert sorted(p.name for p in client.app.state.workbench.uploads.iterdir())[-1] == f"batch-{batch}.csv"
+    assert sorted(p.name for p in client.app.state.workbench.uploads.iterdir())[0] == f"batch-{batch}.csv"
     queue = client.get(f"/batches/{batch}?state=all")
     assert "<script>alert(1)</script>" not in queue.text and "&lt;script&gt;alert(1)&lt;/script&gt; robot" in queue.text
     listing = client.get(f"/batches/{batch}/listings/1")
     assert listing.status_code == 200 and "&lt;script&gt;" in listing.text and "<script>alert" not in listing.text
-    decided = client.post(f"/batches/{batch}/listings/1", data={"csrf": csrf, "action": "type", "path": "Toys > Robots"},
+    known = sorted(client.app.state.workbench.known_paths)[0]
+    decided = client.post(f"/batches/{batch}/listings/1", data={"csrf": csrf, "action": "type", "path": known},
                           follow_redirects=False)
-    assert decided.status_code == 303 and "saved=" in decided.headers["location"]
+    assert decided.status_code == 303 and "done=" in decided.headers["location"]
     store = client.app.state.workbench.store
-    assert store.history(batch, hostile["uniq_id"][0])[-1]["after"] == "Toys > Robots"
-    accepted = client.post(f"/batches/{batch}/bulk", data={"csrf": csrf, "min_score": "0"}, follow_redirects=False)
-    assert accepted.status_code == 303 and int(accepted.headers["location"].rsplit("=", 1)[1]) == 11  # the other eleven
+    assert store.history(batch, hostile["uniq_id"][0])[-1]["after"] == known
+    accepted = client.post(f"/batches/{batch}/bulk", data={"csrf": csrf, "kind": "accept", "view": "", "expected": 11},
+                           follow_redirects=False)
+    assert accepted.status_code == 303 and "op=" in accepted.headers["location"]  # the other eleven
+    assert len([d for d in store.decisions()["action"] if d == "bulk"]) == 11
     with sqlite3.connect(store.path) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("UPDATE decisions SET after = 'x'")
 
@@ -175,18 +181,18 @@ def review_batch(tiny_index, sample, sample_columns, tmp_path, capsys):
 def test_a_saved_decision_survives_a_kill_9_of_the_server(tiny_index, sample, review_batch):
     server, url = start_server(tiny_index, review_batch, sample["columns"])
     saved, stop = [], threading.Event()
-    with httpx.Client(base_url=url, cookies={"enrich_token": TOKEN}) as http:
+    with httpx.Client(base_url=url, cookies={"enrich_token": TOKEN, "enrich_reviewer": "ann"}) as http:
         csrf = __import__("hmac").new(TOKEN.encode(), b"csrf", "sha256").hexdigest()
 
         def decide():
             row = 1
             while not stop.is_set() and row <= 200:
                 try:
-                    answer = http.post(f"/batches/1/listings/{row}", data={"csrf": csrf, "action": "type",
+                    answer = http.post(f"/batches/1/listings/{row}", data={"csrf": csrf, "action": "new",
                                                                            "path": f"Toys > Kept {row}"}, timeout=5)
                 except httpx.HTTPError:
                     return  # the server is gone
-                if answer.status_code == 303 and "saved=" in answer.headers["location"]:
+                if answer.status_code == 303 and "done=" in answer.headers["location"]:
                     saved.append(f"Toys > Kept {row}")
                 row += 1
 
@@ -210,7 +216,8 @@ def test_a_bounded_load_loses_nothing(tiny_index, sample, review_batch):
         csrf = __import__("hmac").new(TOKEN.encode(), b"csrf", "sha256").hexdigest()
 
         def call(i: int) -> int:
-            with httpx.Client(base_url=url, headers=AUTH, cookies={"enrich_token": TOKEN}, timeout=30) as http:
+            with httpx.Client(base_url=url, headers=AUTH, cookies={"enrich_token": TOKEN, "enrich_reviewer": f"r{i % 3}"},
+                              timeout=30) as http:
                 if i % 4 == 0:
                     return http.post(f"/batches/1/listings/{i // 4 + 1}", data={"csrf": csrf, "action": "accept"}).status_code
                 return http.post("/v1/enrich", json={"listings": [{"id": str(i), "title": titles[i % len(titles)]}]}).status_code

@@ -94,6 +94,7 @@ def create_app(config: ServeConfig, workbench: Workbench | None = None) -> FastA
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_middleware(Guard, config=config)
+    pages.install_error_pages(app)  # outside the guard: its refusals become pages too
     return app
 
 

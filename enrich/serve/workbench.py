@@ -155,7 +155,8 @@ class Workbench:
     def import_upload(self, batch: int, path: Path, chunk: int = 256) -> None:
         """Enrich an uploaded catalog a chunk at a time into `batch` (run in a background thread)."""
         try:
-            frame = load_catalog(path, self.config.columns, self.enrich_config.cleaning)
+            columns = self.store.batch_columns(batch) or self.config.columns  # as the upload's mapping step chose
+            frame = load_catalog(path, columns, self.enrich_config.cleaning)
             self.store.set_rows(batch, frame.height)
             for start in range(0, frame.height, chunk):
                 part = frame.slice(start, chunk)
