@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
-from contextlib import contextmanager
+import threading
+from contextlib import closing, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
@@ -110,12 +112,15 @@ def columns_from_json(text: str) -> Columns:
 
 
 class Store:
-    """One SQLite file; a connection per call, so that the server's threads never share one."""
+    """One SQLite file; a connection per thread (and process), so that the server's threads never share one. A
+    connection stays open: opening one per call would cost a checkpoint of the log, with its disk syncs, each time
+    the last one closed."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.connect() as db:
+        self.local = threading.local()
+        with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             self._migrate(db)
@@ -138,15 +143,20 @@ class Store:
 
     @contextmanager
     def connect(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """`durable=False` for working state (reservations): a commit then skips the disk sync that decisions get."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
+        """This thread's connection. `durable=False` for working state (reservations): a commit then skips the disk
+        sync that decisions get. A transaction left open by an error is rolled back."""
+        db = getattr(self.local, "db", None)
+        if db is None or self.local.pid != os.getpid():
+            db = self.local.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.local.pid = os.getpid()
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA foreign_keys=ON")
         try:
             yield db
         finally:
-            db.close()
+            if db.in_transaction:
+                db.execute("ROLLBACK")
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -156,7 +166,8 @@ class Store:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
