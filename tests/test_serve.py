@@ -1,9 +1,8 @@
 """`enrich serve`: the enrichment API and the review pages through FastAPI's test client, then the real server over
-HTTP: a kill -9 while decisions are saved, a bounded load, and a reviewer's session in a real headless browser."""
+HTTP: a kill -9 while decisions are saved, and a bounded load. The workbench's pages are tested in test_workbench.py."""
 
 import asyncio
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -25,7 +24,6 @@ from enrich.settings import ServeConfig
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -246,68 +244,3 @@ def test_decisions_are_exported_for_the_learning_loop(review_batch, tmp_path, ca
     assert exported.select("listing", "before", "after", "who", "source").row(0) == (
         listing["id"], listing["category"], "Toys > Robots", "ann", "queue")
     assert pl.read_csv(tmp_path / "decisions.csv").height == 1
-
-
-@pytest.fixture(scope="module")
-def conflicted_index(sample, sample_columns, encoder, tmp_path_factory):
-    """The sample's reference catalog with three near-copies that carry another path: conflicts to resolve."""
-    from enrich.index.build import build_index
-
-    folder = tmp_path_factory.mktemp("conflicted")
-    reference = pl.read_csv(sample["reference"], infer_schema=False)
-    copies = reference.filter(pl.col("amazon_category_and_sub_category").is_not_null()).head(3).with_columns(
-        uniq_id=pl.col("uniq_id") + "-copy", amazon_category_and_sub_category=pl.lit("Hobbies > Collectibles"))
-    pl.concat([reference, copies]).write_csv(folder / "reference.csv")
-    build_index(folder / "reference.csv", folder / "index", sample_columns, progress=False, encoder=encoder)
-    return folder / "index"
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `apt-get install chromium` (CI installs it)")
-def test_a_reviewer_works_through_a_batch_in_a_real_browser(conflicted_index, sample, tmp_path, capsys):
-    from playwright.sync_api import sync_playwright
-
-    db = tmp_path / "review.sqlite"
-    server, url = start_server(conflicted_index, db, sample["columns"])
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{url}/?token={TOKEN}")
-            page.fill("input[name=name]", "ann")
-            page.press("input[name=name]", "Enter")
-            page.set_input_files("input[type=file]", str(sample["new"]))
-            page.click("#upload")
-            page.wait_for_selector("table.queue tbody tr", timeout=60_000)
-            page.wait_for_function("!document.querySelector('progress')", timeout=60_000)
-            page.keyboard.press("j")
-            page.keyboard.press("Enter")  # the first listing of the queue, by keyboard
-            page.wait_for_selector("#accept")
-            first = page.inner_text("h1")
-            page.keyboard.press("a")  # accept it
-            page.wait_for_selector("#saved")
-            second = page.inner_text("h1")
-            assert second != first
-            page.fill("#path", "Hobbies > Model")
-            options = page.eval_on_selector_all("#known-paths option", "els => els.map(e => e.value)")
-            corrected = next(p for p in options if p.startswith("Hobbies > Model"))
-            page.fill("#path", corrected)  # chosen from the autocomplete's known paths
-            page.click("#save-path")
-            page.wait_for_selector("#saved")
-            if os.environ.get("ENRICH_SCREENSHOT"):
-                page.screenshot(path=os.environ["ENRICH_SCREENSHOT"], full_page=False)
-            page.goto(f"{url}/conflicts")
-            page.click("section.conflict button.choose >> nth=0")
-            page.wait_for_selector("#saved")
-            browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait()
-    assert main(["review", "export", "--db", str(db), "--out", str(tmp_path / "decisions.parquet")]) == 0
-    decisions = pl.read_parquet(tmp_path / "decisions.parquet")
-    queue = decisions.filter(pl.col("source") == "queue")
-    assert queue["action"].to_list() == ["accept", "type"] and queue["after"][1] == corrected
-    assert set(queue["who"].to_list()) == {"ann"}
-    resolved = decisions.filter(pl.col("source") == "conflict")
-    assert resolved.height >= 1 and resolved["after"].n_unique() == 1

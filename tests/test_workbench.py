@@ -122,6 +122,9 @@ def test_accepting_what_enrich_marks_safe_takes_only_review_false(app, enriched)
     assert set(current(app)) == set(output.filter(~pl.col("review"))["id"])
     queue = ann.get("/batches/1", params={"safe": "1"})
     assert '<strong id="total">0</strong>' in queue.text  # the safe pending view is empty now
+    undo = ann.post("/batches/1/undo", data=form(app), follow_redirects=False)  # the last action was the bulk one:
+    assert "op=" in undo.headers["location"] and 'id="undo-bulk"' in ann.get(undo.headers["location"]).text  # its button
+    assert set(current(app)) == set(output.filter(~pl.col("review"))["id"])  # and nothing undone behind the reviewer's back
 
 
 def test_a_decided_path_is_a_known_path_and_a_new_one_is_confirmed_as_new(app):
@@ -306,7 +309,7 @@ def test_an_upload_is_mapped_checked_and_named_when_it_comes_again(app, sample):
 def test_the_export_is_the_latest_decision_per_listing_and_the_history_on_request(app, tmp_path):
     ann = browser(app, "ann")
     store = app.state.workbench.store
-    first, second = store.listing(1, 1), store.listing(1, 2)
+    first = store.listing(1, 1)
     known = sorted(app.state.workbench.known_paths)
     ann.post("/batches/1/listings/1", data=form(app, action="type", path=known[0]))
     ann.post("/batches/1/listings/1", data=form(app, action="type", path=known[1], seen=store.current(1, first["id"])["seq"]))
@@ -481,3 +484,38 @@ def test_a_review_session_runs_by_keyboard_in_chromium(review_server, tmp_path):
         chromium.close()
     assert sorted(exported["who"].to_list()) == ["ann", "ann", "bob"] and last not in exported["listing"].to_list()
     assert exported["listing"].n_unique() == exported.height
+
+
+@pytest.fixture(scope="module")
+def conflicted_index(sample, sample_columns, tiny_encoder_config, tmp_path_factory):
+    """The sample's reference catalog with three near-copies that carry another path: conflicts to resolve."""
+    from enrich.index.build import build_index
+    from enrich.settings import EnrichConfig
+
+    folder = tmp_path_factory.mktemp("conflicted")
+    reference = pl.read_csv(sample["reference"], infer_schema=False)
+    copies = reference.filter(pl.col("amazon_category_and_sub_category").is_not_null()).head(3).with_columns(
+        uniq_id=pl.col("uniq_id") + "-copy", amazon_category_and_sub_category=pl.lit("Hobbies > Collectibles"))
+    pl.concat([reference, copies]).write_csv(folder / "reference.csv")
+    build_index(folder / "reference.csv", folder / "index", sample_columns, EnrichConfig(encoder=tiny_encoder_config),
+                progress=False)
+    return folder / "index"
+
+
+def test_a_settled_conflict_leaves_the_list_and_is_shown_on_request(conflicted_index, sample_columns, tmp_path):
+    app = create_app(ServeConfig(index=str(conflicted_index), db=str(tmp_path / "review.sqlite"), token=TOKEN,
+                                 columns=sample_columns, conflict_cosine=0.9999))  # the tiny encoder: copies only
+    ann = browser(app, "ann")
+    groups = app.state.workbench.conflicts()
+    assert len(groups) >= 3 and all(len(g.paths) > 1 for g in groups)
+    group = next(g for g in groups if any(p == "Hobbies > Collectibles" for p, _ in g.paths))
+    page = ann.get("/conflicts")
+    assert f'id="{group.key}"' in page.text and f"{len(groups)} groups to settle" in page.text
+    assert ann.post(f"/conflicts/{group.key}", data=form(app, path="Not > One > Of > Theirs")).status_code == 422
+    settled = ann.post(f"/conflicts/{group.key}", data=form(app, path="Hobbies > Collectibles"), follow_redirects=False)
+    assert settled.status_code == 303
+    assert f'id="{group.key}"' not in ann.get("/conflicts").text
+    shown = ann.get("/conflicts", params={"resolved": 1}).text
+    assert f'id="{group.key}"' in shown and "Settled: <strong>Hobbies &gt; Collectibles</strong> (ann)" in shown
+    exported = app.state.workbench.store.decisions()
+    assert set(exported["after"]) == {"Hobbies > Collectibles"} and exported["batch"].is_null().all()

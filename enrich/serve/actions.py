@@ -116,15 +116,18 @@ def undo_operation(store: Store, op: int, who: str) -> tuple[int, int]:
 
 
 def undo_last(store: Store, batch: int, who: str) -> dict | None:
-    """Undo `who`'s latest decision in the batch that still holds (not a bulk one: those are undone as a whole):
-    the listing goes back to its state before. The undone decision, or None when there is none to undo."""
+    """Undo `who`'s latest decision in the batch that still holds: the listing goes back to its state before. The
+    undone decision; None when there is none to undo; where the latest is part of a bulk action, nothing is undone
+    and that decision (its `op`) is returned: a bulk action is undone as a whole, from the queue."""
     with store.transaction() as db:
-        last = db.execute("""SELECT d.seq, d.listing, d.after FROM decisions d
+        last = db.execute("""SELECT d.seq, d.listing, d.after, d.op, d.action FROM decisions d
                              JOIN current c ON c.scope = d.batch AND c.listing = d.listing AND c.seq = d.seq
-                             WHERE d.batch = ? AND d.who = ? AND d.action NOT IN ('undo', 'bulk')
+                             WHERE d.batch = ? AND d.who = ? AND d.action != 'undo'
                              ORDER BY d.seq DESC LIMIT 1""", (batch, who)).fetchone()
         if last is None:
             return None
+        if last["action"] == "bulk":
+            return dict(last)
         previous = db.execute("SELECT after FROM decisions WHERE batch = ? AND listing = ? AND seq < ? ORDER BY seq DESC LIMIT 1",
                               (batch, last["listing"], last["seq"])).fetchone()
         db.execute(INSERT_DECISION, (batch, last["listing"], last["after"], previous[0] if previous else None, "undo", who,

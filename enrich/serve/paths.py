@@ -47,17 +47,25 @@ class KnownPaths:
         return self.by_key.get(self.key(typed))
 
     def suggestions(self, typed: str, limit: int = 5) -> list[str]:
-        """The known paths nearest a typed one: those holding every typed word, then the closest spellings of the
-        whole path and of its last level."""
-        key = self.key(typed)
-        words = WORD.findall(key)
-        found = [p for p in self.paths if words and all(w in p.casefold() for w in words)]
-        found.sort(key=lambda p: (not p.casefold().endswith(words[-1]) if words else True, len(p)))
-        close = difflib.get_close_matches(key, list(self.by_key), n=limit, cutoff=0.6)
-        leaf = key.split(">")[-1].strip()
-        leaves = {}
+        """The known paths nearest a typed one: those holding each typed word (or a known word it misspells) at the
+        start of one of theirs; the words as typed first, then those whose last level holds the last word, the
+        shallower first; then the closest spellings of the whole path."""
+        words = WORD.findall(self.key(typed))
+        if not words:
+            return []
+        vocabulary = sorted({w for p in self.paths for w in WORD.findall(p.casefold())})
+        meant = [[w] + difflib.get_close_matches(w, vocabulary, n=3, cutoff=0.7) for w in words]
+
+        def has(path_words: list[str], options: list[str]) -> bool:
+            return any(pw.startswith(o) for o in options for pw in path_words)
+
+        found = []
         for path in self.paths:
-            leaves.setdefault(path.split(PATH_SEPARATOR)[-1].casefold(), path)
-        close_leaves = [leaves[k] for k in difflib.get_close_matches(leaf, list(leaves), n=limit, cutoff=0.6)]
-        ordered = list(dict.fromkeys(found[:limit] + [self.by_key[k] for k in close] + close_leaves))
-        return ordered[:limit]
+            path_words = WORD.findall(path.casefold())
+            if all(has(path_words, options) for options in meant):
+                leaf = WORD.findall(path.split(PATH_SEPARATOR)[-1].casefold())
+                as_typed = all(has(path_words, [w]) for w in words)
+                found.append((not as_typed, not has(leaf, meant[-1]), path.count(PATH_SEPARATOR), path))
+        close = difflib.get_close_matches(self.key(typed), list(self.by_key), n=limit, cutoff=0.6)
+        ordered = [p for *_, p in sorted(found)] + [self.by_key[k] for k in close]
+        return list(dict.fromkeys(ordered))[:limit]

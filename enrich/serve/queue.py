@@ -53,7 +53,7 @@ class View:
             if text.strip() == "":
                 continue
             try:
-                number = float(text)
+                number = float(text.replace(",", "."))  # 0,9 as a spreadsheet in many locales writes it
             except ValueError:
                 number = float("nan")
             if 0.0 <= number <= 1.0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -17,6 +18,23 @@ from enrich.serve.paths import KnownPaths
 from enrich.serve.workbench import Workbench
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")  # autoescapes every value
+
+
+def ago(at: str | None) -> str:
+    """A stored time (UTC, ISO 8601) as a reviewer reads it: '40 s ago', '3 min ago', '2 h ago', else the date."""
+    if not at:
+        return ""
+    seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(at)).total_seconds()
+    if seconds < 60:
+        return f"{max(seconds, 0):.0f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"on {at[:10]}"
+
+
+templates.env.filters["ago"] = ago
 REVIEWER = "enrich_reviewer"
 REVIEWER_DAYS = 365
 API_PATHS = ("/v1/", "/docs", "/openapi", "/redoc", "/static/")

@@ -196,6 +196,8 @@ def undo(request: Request, batch: int, view: str = Form("", max_length=4000), cs
     shown = posted_view(view).address(page=0)
     if undone is None:
         return RedirectResponse(f"/batches/{batch}?{shown}&nothing=1", status_code=303)
+    if undone.get("action") == "bulk":  # the queue's message for it has the button that undoes it as a whole
+        return RedirectResponse(f"/batches/{batch}?{shown}&op={undone['op']}", status_code=303)
     return RedirectResponse(f"/batches/{batch}/listings/{undone['row']}?{shown}&undone={undone['seq']}", status_code=303)
 
 

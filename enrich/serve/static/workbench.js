@@ -107,4 +107,16 @@
     else if (e.key === "Escape" && act($("#cancel"))) e.preventDefault();
   });
   window.addEventListener("pageshow", () => { leaving = false; }); // back from the cache: keys work again
+
+  // A photo the browser cannot load leaves no broken frame; a batch being enriched shows its progress, refreshing
+  // while nobody is typing in the page.
+  const photo = $("#photo");
+  if (photo) {
+    photo.addEventListener("error", () => { photo.hidden = true; });
+    if (photo.complete && !photo.naturalWidth) photo.hidden = true; // failed before this script ran
+  }
+  const refresh = $("[data-refresh]");
+  if (refresh) {
+    setInterval(() => { if (!typing(document.activeElement)) window.location.reload(); }, 1000 * refresh.dataset.refresh);
+  }
 })();
