@@ -50,8 +50,8 @@ test: ## the test suite (the default run: no GPU, no network, about 3 minutes on
 test-all: ## every test, the slow ones too (what CI runs besides `make test`)
 	$(BIN)/python -m pytest -q -m ""
 
-screenshot: ## the review page as the browser test sees it, into docs/workbench.png (needs Chromium)
-	ENRICH_SCREENSHOT=$(CURDIR)/docs/workbench.png $(BIN)/python -m pytest -q tests/test_serve.py -k real_browser
+screenshot: ## the workbench as the browser test sees it (1280x720 and 390 px), into docs/workbench*.png (needs Chromium)
+	ENRICH_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q -m slow tests/test_workbench_browser.py
 
 wheel-check: ## build the wheel, install it into a fresh venv, describe the sample with it (CI runs it)
 	PATH="$(CURDIR)/$(BIN):$$PATH" .ci/wheel-check

@@ -97,7 +97,8 @@ def to_markdown(r: dict) -> str:
             ("a bulk action's preview: count and sample of a filtered view", "bulk preview", None)]
     lines = [f"| page of a {BATCH:,}-listing batch (the real server over HTTP; 8,000-listing index, no tagger) | p50, max of "
              f"{TIMES} | before (issue 30) | goal |", "|---|---|---|---|"]
-    lines += [f"| {label} | **{cell(key)}** | {f'{before} ms' if before else ''} | < {PAGE_GOAL_MS} ms |" for label, key, before in rows]
+    lines += [f"| {label} | **{cell(key)}** | {f'{before} ms' if before else ''} | < {PAGE_GOAL_MS} ms |"
+              for label, key, before in rows]
     lines.append(f"| the conflicts page: first open (the groups found), then p50, max of 5 | {r['conflicts_cold_ms']:.0f} ms; "
                  f"{cell('conflicts')} | 4.8 s first | |")
     return "\n".join(lines)

@@ -20,7 +20,8 @@ FROM = "FROM listings l LEFT JOIN current c ON c.scope = l.batch AND c.listing =
 PENDING = "c.after IS NULL"
 ORDER = "ORDER BY l.priority DESC, l.row"
 SKIPPED = "EXISTS (SELECT 1 FROM skips s WHERE s.batch = l.batch AND s.listing = l.id AND s.who = ?)"
-RESERVED_BY_OTHERS = "EXISTS (SELECT 1 FROM reservations r WHERE r.batch = l.batch AND r.listing = l.id AND r.who != ? AND r.until > ?)"
+RESERVED_BY_OTHERS = ("EXISTS (SELECT 1 FROM reservations r WHERE r.batch = l.batch AND r.listing = l.id"
+                      " AND r.who != ? AND r.until > ?)")
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -124,7 +125,8 @@ def listings(store: Store, batch: int, view: View, who: str) -> tuple[list[dict]
 
 def top_levels(store: Store, batch: int) -> list[str]:
     with store.connect() as db:
-        rows = db.execute("SELECT DISTINCT category FROM listings WHERE batch = ? AND category IS NOT NULL", (batch,)).fetchall()
+        rows = db.execute("SELECT DISTINCT category FROM listings WHERE batch = ? AND status = 'ok' AND category IS NOT NULL",
+                          (batch,)).fetchall()
     return sorted({r[0].split(" > ")[0] for r in rows})
 
 
@@ -153,7 +155,8 @@ def recent(store: Store, batch: int, who: str, limit: int = 6) -> list[dict]:
     """This reviewer's latest decisions in the batch, newest first, each with its listing and whether it still holds."""
     with store.connect() as db:
         rows = db.execute("""SELECT d.seq, d.after, d.action, d.at, d.undoes, l.row, l.title, c.seq = d.seq AS holds
-                             FROM decisions d JOIN listings l ON l.batch = d.batch AND l.id = d.listing AND l.status = 'ok'
+                             FROM decisions d JOIN listings l INDEXED BY listings_by_id
+                                  ON l.batch = d.batch AND l.id = d.listing AND l.status = 'ok'
                              LEFT JOIN current c ON c.scope = d.batch AND c.listing = d.listing
                              WHERE d.batch = ? AND d.who = ? ORDER BY d.seq DESC LIMIT ?""", (batch, who, limit)).fetchall()
     return [dict(r) for r in rows]
@@ -210,4 +213,5 @@ def unskip(store: Store, batch: int, who: str) -> int:
 
 def is_skipped(store: Store, batch: int, listing: str, who: str) -> bool:
     with store.connect() as db:
-        return db.execute("SELECT 1 FROM skips WHERE batch = ? AND listing = ? AND who = ?", (batch, listing, who)).fetchone() is not None
+        found = db.execute("SELECT 1 FROM skips WHERE batch = ? AND listing = ? AND who = ?", (batch, listing, who)).fetchone()
+    return found is not None
