@@ -120,11 +120,16 @@ def test_a_review_session_runs_by_keyboard_in_chromium(review_server):
         ann.wait_for_selector("#accept")
         bob.wait_for_selector("#accept")
         assert ann.inner_text("#title") != bob.inner_text("#title")
+        accept, similar = ann.locator("#accept").bounding_box(), ann.locator("table.similar").bounding_box()
+        assert accept["x"] + accept["width"] <= 1280 and accept["y"] + accept["height"] <= 720  # the decision, and
+        assert similar["y"] < 720 / 2  # the evidence, above the fold at 1280x720
         first, predicted = ann.inner_text("#title"), ann.inner_text("#predicted")
         ann.keyboard.press("a")
         ann.wait_for_selector("#message")
         assert first in ann.inner_text("#message") and predicted in ann.inner_text("#message")
         assert ann.inner_text("#title") not in (first, bob.inner_text("#title"))  # bob's is his: ann gets another
+        assert bob.evaluate("document.documentElement.scrollWidth") <= 390  # nothing scrolls sideways
+        assert bob.locator("#accept").bounding_box()["x"] + bob.locator("#accept").bounding_box()["width"] <= 390
         if shots:
             bob.screenshot(path=f"{shots}/workbench-390.png")
         bob.keyboard.press("a")
