@@ -84,6 +84,23 @@ def pages(url: str) -> dict:
     return out
 
 
+def conflicts_by_ef(index: Path) -> dict:
+    """The conflicts found with the small candidate list the page uses and with the vote's own: groups, listings in
+    them, seconds (the models loaded in this process, the server stopped)."""
+    from enrich.run.models import Models, ModelSources
+    from enrich.serve.conflicts import conflicts
+
+    loaded = Models(ModelSources(str(index), None)).index
+    out = {}
+    for name, ef in (("page", 48), ("vote", loaded.neighbors.index.ef)):
+        started = time.perf_counter()
+        found = conflicts(loaded, 0.95, ef=ef)
+        out[name] = {"ef": ef, "groups": len(found), "listings": sum(g.size for g in found),
+                     "seconds": time.perf_counter() - started, "keys": sorted(g.key for g in found)}
+    out["same_groups"] = out["page"]["keys"] == out["vote"]["keys"]
+    return out
+
+
 def to_markdown(r: dict) -> str:
     def cell(name: str) -> str:
         return f"{r[name]['p50_ms']:.0f} ms, {r[name]['max_ms']:.0f} ms"
@@ -101,6 +118,11 @@ def to_markdown(r: dict) -> str:
               for label, key, before in rows]
     lines.append(f"| the conflicts page: first open (the groups found), then p50, max of 5 | {r['conflicts_cold_ms']:.0f} ms; "
                  f"{cell('conflicts')} | 4.8 s first | |")
+    c = r["conflicts_by_ef"]
+    lines.append(f"| the conflicts found with {c['page']['ef']} candidates (the page) and with the vote's {c['vote']['ef']}: "
+                 f"groups, listings, seconds in-process | {c['page']['groups']}, {c['page']['listings']}, "
+                 f"{c['page']['seconds']:.2f} s; {c['vote']['groups']}, {c['vote']['listings']}, {c['vote']['seconds']:.2f} s"
+                 f" ({'the same groups' if c['same_groups'] else 'different groups'}) | | |")
     return "\n".join(lines)
 
 
@@ -122,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait()
+        results["conflicts_by_ef"] = conflicts_by_ef(Path(tmp) / "index")
     table = to_markdown(results)
     publish(args.out, "bench-workbench", results, table)
     if not args.no_docs:
