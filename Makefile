@@ -50,8 +50,8 @@ test: ## the test suite (the default run: no GPU, no network, about 3 minutes on
 test-all: ## every test, the slow ones too (what CI runs besides `make test`)
 	$(BIN)/python -m pytest -q -m ""
 
-screenshot: ## the review page as the browser test sees it, into docs/workbench.png (needs Chromium)
-	ENRICH_SCREENSHOT=$(CURDIR)/docs/workbench.png $(BIN)/python -m pytest -q tests/test_serve.py -k real_browser
+screenshot: ## the workbench as the browser test sees it (1280x720 and 390 px), into docs/workbench*.png (needs Chromium)
+	ENRICH_SCREENSHOTS=$(CURDIR)/docs $(BIN)/python -m pytest -q -m slow tests/test_workbench_browser.py
 
 wheel-check: ## build the wheel, install it into a fresh venv, describe the sample with it (CI runs it)
 	PATH="$(CURDIR)/$(BIN):$$PATH" .ci/wheel-check
@@ -72,8 +72,9 @@ bench-llm: ## the LLM stage against the hand-labelled listings in tests/data (ou
 bench-tags: ## a catalog's own tags (age band, batteries, assembly from with_descriptions.csv), tagger vs TF-IDF (out/bench-tags.md)
 	$(BIN)/python -m benchmarks.tags --out $(OUT) $(ARGS)
 
-bench-serve: ## enrich serve over HTTP: latency at concurrency 1, listings/s at 8 and 32, the queue of 10,000 (out/bench-serve.md)
+bench-serve: ## enrich serve over HTTP: API latency and listings/s; the workbench's pages on a 10,000-listing batch (out/bench-*.md)
 	$(BIN)/python -m benchmarks.serve --out $(OUT) $(ARGS)
+	$(BIN)/python -m benchmarks.workbench --out $(OUT) $(ARGS)
 
 scale: ## time and peak memory of index, update and run at 100k synthetic listings; ARGS="--sizes 1000000 --index-only" for 1M
 	$(BIN)/python -m benchmarks.scale --catalog $(CATALOG) --out $(OUT) $(if $(ARGS),$(ARGS),--sizes 100000 --new 10000 --added 1000)

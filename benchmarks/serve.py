@@ -272,7 +272,7 @@ def to_markdown(r: dict) -> str:
         row("&nbsp;&nbsp;meanwhile the upload: listings/s (listings enriched in the window, state at its end)",
             lambda s: f"{s['upload']['upload_listings_per_s']:.0f}/s ({s['upload']['upload_listings']:,} in "
                       f"{s['upload']['window_s']:.0f} s, {s['upload']['upload_state']})"),
-        row(f"errors (any status but 200) over the requests above",
+        row("errors (any status but 200) over the requests above",
             lambda s: str(sum(s[k]["errors"] for k in (*calls, "upload")))
             + f" of {sum(s[k]['requests'] for k in (*calls, 'upload'))}", "0"),
         row("review queue of a 10,000-listing batch, first page: pending; filtered (p50, max of 20)",

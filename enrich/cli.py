@@ -216,7 +216,7 @@ def _review(args: argparse.Namespace, columns: Columns, progress: bool) -> list[
     if args.review_command == "export":
         if not Path(args.db).exists():
             raise InputError(f"{args.db}: no review store there")
-        decisions = Store(args.db).decisions()
+        decisions = Store(args.db).decisions(latest=not args.history)
         write_table(decisions, check_output_path(args.out, inputs=(args.db,)))
         return [f"{decisions.height} decisions written to {args.out}"]
     output = Path(args.output)

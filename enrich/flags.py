@@ -206,7 +206,8 @@ def _serve_parser(commands, quiet: argparse.ArgumentParser) -> None:
                              ("header_timeout_s", float, "seconds a request's headers may take to arrive (408)"),
                              ("max_header_bytes", int, "bytes of a request's line and headers (431)"),
                              ("body_timeout_s", float, "seconds a body may take, plus one per --min-body-rate bytes"),
-                             ("min_body_rate", float, "bytes per second a long body must keep up on average")):
+                             ("min_body_rate", float, "bytes per second a long body must keep up on average"),
+                             ("reserve_seconds", float, "seconds a listing handed to a reviewer stays theirs")):
         setting(limits, f"--{name.replace('_', '-')}", ServeConfig, name, help, type=kind, dest=f"serve_{name}")
     column_flags(serve)
 
@@ -220,9 +221,11 @@ def _review_parser(commands, quiet: argparse.ArgumentParser) -> None:
     setting(into, "--db", ServeConfig, "db", "the review store (SQLite)")
     into.add_argument("--name", help="the batch's name (default: the input's file name)")
     column_flags(into)
-    export = actions.add_parser("export", help="every decision, for the learning loop and other systems")
+    export = actions.add_parser("export", help="the decisions, for the learning loop and other systems: the latest per "
+                                "listing (undone ones left out)")
     export.add_argument("--db", required=True, help="the review store (SQLite)")
     export.add_argument("--out", required=True, help="decisions.csv or decisions.parquet")
+    export.add_argument("--history", action="store_true", help="every decision instead, undos included, oldest first")
 
 
 def _inspect_parser(commands, quiet: argparse.ArgumentParser) -> None:

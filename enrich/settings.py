@@ -310,3 +310,4 @@ class ServeConfig:
     max_header_bytes: int = 64 * 1024  # a request's line and headers (431 beyond)
     body_timeout_s: float = 30.0  # a body must arrive within this, plus a second per min_body_rate bytes (408)
     min_body_rate: float = 64 * 1024  # bytes per second a long body (an upload) must keep up on average
+    reserve_seconds: float = 300.0  # a listing handed to a reviewer stays theirs this long; another's decision this fresh warns

@@ -1,9 +1,7 @@
 """`enrich serve`: the enrichment API and the review pages through FastAPI's test client, then the real server over
-HTTP: a kill -9 while decisions are saved, a bounded load, and a reviewer's session in a real headless browser."""
+HTTP: a kill -9 while decisions are saved, and a bounded load. The workbench's pages are tested in test_workbench.py."""
 
-import asyncio
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -27,7 +25,6 @@ from enrich.settings import ServeConfig
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +138,12 @@ def test_a_batch_is_reviewed_in_the_pages_with_its_fields_escaped(client, sample
         .otherwise(pl.col("product_name"))
         .alias("product_name"))
     hostile.write_csv(tmp_path / "upload.csv")
+    client.cookies.set("enrich_reviewer", "ann")
     with open(tmp_path / "upload.csv", "rb") as handle:
         response = client.post("/batches", files={"file": ("../../etc/evil.csv", handle)}, data={"csrf": csrf, "name": "x"},
                                follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].startswith("/uploads/")  # the mapping step
+    response = client.post(response.headers["location"], data={"csrf": csrf, "step": "start"}, follow_redirects=False)
     assert response.status_code == 303
     batch = int(response.headers["location"].rsplit("/", 1)[1])
     for _ in range(100):
@@ -151,18 +151,21 @@ def test_a_batch_is_reviewed_in_the_pages_with_its_fields_escaped(client, sample
             break
         time.sleep(0.1)
     assert client.app.state.workbench.store.batch(batch)["state"] == "ready"
-    assert sorted(p.name for p in client.app.state.workbench.uploads.iterdir())[-1] == f"batch-{batch}.csv"
+    assert sorted(p.name for p in client.app.state.workbench.uploads.iterdir())[0] == f"batch-{batch}.csv"
     queue = client.get(f"/batches/{batch}?state=all")
     assert "<script>alert(1)</script>" not in queue.text and "&lt;script&gt;alert(1)&lt;/script&gt; robot" in queue.text
     listing = client.get(f"/batches/{batch}/listings/1")
     assert listing.status_code == 200 and "&lt;script&gt;" in listing.text and "<script>alert" not in listing.text
-    decided = client.post(f"/batches/{batch}/listings/1", data={"csrf": csrf, "action": "type", "path": "Toys > Robots"},
+    known = sorted(client.app.state.workbench.known_paths)[0]
+    decided = client.post(f"/batches/{batch}/listings/1", data={"csrf": csrf, "action": "type", "path": known},
                           follow_redirects=False)
-    assert decided.status_code == 303 and "saved=" in decided.headers["location"]
+    assert decided.status_code == 303 and "done=" in decided.headers["location"]
     store = client.app.state.workbench.store
-    assert store.history(batch, hostile["uniq_id"][0])[-1]["after"] == "Toys > Robots"
-    accepted = client.post(f"/batches/{batch}/bulk", data={"csrf": csrf, "min_score": "0"}, follow_redirects=False)
-    assert accepted.status_code == 303 and int(accepted.headers["location"].rsplit("=", 1)[1]) == 11  # the other eleven
+    assert store.history(batch, hostile["uniq_id"][0])[-1]["after"] == known
+    accepted = client.post(f"/batches/{batch}/bulk", data={"csrf": csrf, "kind": "accept", "view": "", "expected": 11},
+                           follow_redirects=False)
+    assert accepted.status_code == 303 and "op=" in accepted.headers["location"]  # the other eleven
+    assert len([d for d in store.decisions()["action"] if d == "bulk"]) == 11
     with sqlite3.connect(store.path) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("UPDATE decisions SET after = 'x'")
 
@@ -185,18 +188,18 @@ def review_batch(tiny_index, sample, sample_columns, tmp_path, capsys):
 def test_a_saved_decision_survives_a_kill_9_of_the_server(tiny_index, sample, review_batch):
     server, url = start_server(tiny_index, review_batch, sample["columns"])
     saved, stop = [], threading.Event()
-    with httpx.Client(base_url=url, cookies={"enrich_token": TOKEN}) as http:
+    with httpx.Client(base_url=url, cookies={"enrich_token": TOKEN, "enrich_reviewer": "ann"}) as http:
         csrf = __import__("hmac").new(TOKEN.encode(), b"csrf", "sha256").hexdigest()
 
         def decide():
             row = 1
             while not stop.is_set() and row <= 200:
                 try:
-                    answer = http.post(f"/batches/1/listings/{row}", data={"csrf": csrf, "action": "type",
+                    answer = http.post(f"/batches/1/listings/{row}", data={"csrf": csrf, "action": "new",
                                                                            "path": f"Toys > Kept {row}"}, timeout=5)
                 except httpx.HTTPError:
                     return  # the server is gone
-                if answer.status_code == 303 and "saved=" in answer.headers["location"]:
+                if answer.status_code == 303 and "done=" in answer.headers["location"]:
                     saved.append(f"Toys > Kept {row}")
                 row += 1
 
@@ -220,7 +223,8 @@ def test_a_bounded_load_loses_nothing(tiny_index, sample, review_batch):
         csrf = __import__("hmac").new(TOKEN.encode(), b"csrf", "sha256").hexdigest()
 
         def call(i: int) -> int:
-            with httpx.Client(base_url=url, headers=AUTH, cookies={"enrich_token": TOKEN}, timeout=30) as http:
+            with httpx.Client(base_url=url, headers=AUTH, cookies={"enrich_token": TOKEN, "enrich_reviewer": f"r{i % 3}"},
+                              timeout=30) as http:
                 if i % 4 == 0:
                     return http.post(f"/batches/1/listings/{i // 4 + 1}", data={"csrf": csrf, "action": "accept"}).status_code
                 return http.post("/v1/enrich", json={"listings": [{"id": str(i), "title": titles[i % len(titles)]}]}).status_code
@@ -249,68 +253,3 @@ def test_decisions_are_exported_for_the_learning_loop(review_batch, tmp_path, ca
     assert exported.select("listing", "before", "after", "who", "source").row(0) == (
         listing["id"], listing["category"], "Toys > Robots", "ann", "queue")
     assert pl.read_csv(tmp_path / "decisions.csv").height == 1
-
-
-@pytest.fixture(scope="module")
-def conflicted_index(sample, sample_columns, encoder, tmp_path_factory):
-    """The sample's reference catalog with three near-copies that carry another path: conflicts to resolve."""
-    from enrich.index.build import build_index
-
-    folder = tmp_path_factory.mktemp("conflicted")
-    reference = pl.read_csv(sample["reference"], infer_schema=False)
-    copies = reference.filter(pl.col("amazon_category_and_sub_category").is_not_null()).head(3).with_columns(
-        uniq_id=pl.col("uniq_id") + "-copy", amazon_category_and_sub_category=pl.lit("Hobbies > Collectibles"))
-    pl.concat([reference, copies]).write_csv(folder / "reference.csv")
-    build_index(folder / "reference.csv", folder / "index", sample_columns, progress=False, encoder=encoder)
-    return folder / "index"
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `apt-get install chromium` (CI installs it)")
-def test_a_reviewer_works_through_a_batch_in_a_real_browser(conflicted_index, sample, tmp_path, capsys):
-    from playwright.sync_api import sync_playwright
-
-    db = tmp_path / "review.sqlite"
-    server, url = start_server(conflicted_index, db, sample["columns"])
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{url}/?token={TOKEN}")
-            page.fill("input[name=name]", "ann")
-            page.press("input[name=name]", "Enter")
-            page.set_input_files("input[type=file]", str(sample["new"]))
-            page.click("#upload")
-            page.wait_for_selector("table.queue tbody tr", timeout=60_000)
-            page.wait_for_selector("progress", state="detached", timeout=60_000)  # no eval: the CSP allows none
-            page.keyboard.press("j")
-            page.keyboard.press("Enter")  # the first listing of the queue, by keyboard
-            page.wait_for_selector("#accept")
-            first = page.inner_text("h1")
-            page.keyboard.press("a")  # accept it
-            page.wait_for_selector("#saved")
-            second = page.inner_text("h1")
-            assert second != first
-            page.fill("#path", "Hobbies > Model")
-            options = page.eval_on_selector_all("#known-paths option", "els => els.map(e => e.value)")
-            corrected = next(p for p in options if p.startswith("Hobbies > Model"))
-            page.fill("#path", corrected)  # chosen from the autocomplete's known paths
-            page.click("#save-path")
-            page.wait_for_selector("#saved")
-            if os.environ.get("ENRICH_SCREENSHOT"):
-                page.screenshot(path=os.environ["ENRICH_SCREENSHOT"], full_page=False)
-            page.goto(f"{url}/conflicts")
-            page.click("section.conflict button.choose >> nth=0")
-            page.wait_for_selector("#saved")
-            browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait()
-    assert main(["review", "export", "--db", str(db), "--out", str(tmp_path / "decisions.parquet")]) == 0
-    decisions = pl.read_parquet(tmp_path / "decisions.parquet")
-    queue = decisions.filter(pl.col("source") == "queue")
-    assert queue["action"].to_list() == ["accept", "type"] and queue["after"][1] == corrected
-    assert set(queue["who"].to_list()) == {"ann"}
-    resolved = decisions.filter(pl.col("source") == "conflict")
-    assert resolved.height >= 1 and resolved["after"].n_unique() == 1

@@ -5,7 +5,6 @@ mid-work. Each ends in a 4xx (or a 503 to try again) with a message, never a 500
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import sqlite3

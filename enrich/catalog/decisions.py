@@ -17,7 +17,8 @@ TEAM_NOTE = "labelled by the team"
 
 
 def read_decisions(path: str | Path) -> pl.DataFrame:
-    """id, category, title, brand, text of each decided listing, by its latest decision."""
+    """id, category, title, brand, text of each decided listing, by its latest decision (an export with its history
+    too: a listing whose latest decision undid the others is left out)."""
     path = Path(path)
     if not path.exists():
         raise CatalogError(f"{path}: no decisions file there (`enrich review export` writes one)")
@@ -28,9 +29,10 @@ def read_decisions(path: str | Path) -> pl.DataFrame:
     missing = [c for c in ("seq", "listing", "after", "title", "brand", "text") if c not in decisions.columns]
     if missing:
         raise CatalogError(f"{path}: no column {', '.join(missing)}; it is not an `enrich review export`")
+    # The latest decision per listing, then those that leave it without a category (an undo back to pending) out.
     return (decisions.with_columns(pl.col("seq").cast(pl.Int64)).sort("seq")
-            .filter(pl.col("after").is_not_null() & (pl.col("after") != ""))
             .group_by("listing", maintain_order=True).last()
+            .filter(pl.col("after").is_not_null() & (pl.col("after") != ""))
             .select(pl.col("listing").cast(pl.String).alias("id"), pl.col("after").alias("category"), "title", "brand", "text"))
 
 

@@ -69,6 +69,7 @@ def create_app(config: ServeConfig, workbench: Workbench | None = None, model_so
     install_error_handlers(app)
     app.openapi = lambda: openapi(app)
     app.add_middleware(Guard, config=config)
+    pages.install_error_pages(app)  # outside the guard: its refusals become pages too
     return app
 
 

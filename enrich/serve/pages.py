@@ -1,40 +1,32 @@
-"""The review workbench's pages, rendered on the server: batches, the review queue, a listing, the conflicts."""
+"""The review workbench's pages, rendered on the server: batches and uploads, the review queue and a listing (in
+`review_pages`), the column-mapping step of an upload (`upload_pages`), the conflicts, the export; and errors as
+pages (`install_error_pages`)."""
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
+import io
+from datetime import date
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.templating import Jinja2Templates
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from enrich.serve.security import local_path, same_secret
-from enrich.serve.store import PAGE, QueueFilter
+from enrich.files import as_csv_frame
+from enrich.serve import review_pages, upload_pages
+from enrich.serve.paths import normalised
+from enrich.serve.render import ErrorPages, check_csrf, known_paths, page, remember_reviewer, reviewer, workbench
+from enrich.serve.security import local_path
 from enrich.serve.workbench import Workbench
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=Path(__file__).parent / "templates")  # autoescapes every value
-UPLOAD_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".ndjson")
-REVIEWER = "enrich_reviewer"
+router.include_router(review_pages.router)
+router.include_router(upload_pages.router)
+CONFLICTS_PAGE = 20
 
 
-async def workbench(request: Request) -> Workbench:
-    return request.app.state.workbench
-
-
-def reviewer(request: Request) -> str:
-    return request.cookies.get(REVIEWER) or "reviewer"
-
-
-def check_csrf(request: Request, token: str) -> None:
-    if not same_secret(token or "", request.app.state.csrf):
-        raise HTTPException(403, "the form is stale or came from another site: reload the page")
-
-
-def page(request: Request, name: str, **context) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"csrf": request.app.state.csrf, "reviewer": reviewer(request),
-                                                      **context})
+def install_error_pages(app) -> None:
+    """Errors answered to a browser's page request become pages with the workbench's look (call it last in
+    `create_app`, so that it sees the token guard's answers too)."""
+    app.add_middleware(ErrorPages)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -42,95 +34,58 @@ def home(request: Request, bench: Workbench = Depends(workbench)):
     return page(request, "home.html", batches=bench.store.batches(), info=bench.info())
 
 
+@router.get("/reviewer", response_class=HTMLResponse)
+def ask_name(request: Request, next: str = "/"):
+    return page(request, "reviewer.html", next=local_path(next))
+
+
 @router.post("/reviewer")
-def set_reviewer(request: Request, name: str = Form(max_length=100), csrf: str = Form("")):
+def set_reviewer(request: Request, name: str = Form(max_length=100), next: str = Form("/"), csrf: str = Form("")):
     check_csrf(request, csrf)
-    response = RedirectResponse(local_path(request.headers.get("referer"), request.headers.get("host")), status_code=303)
-    response.set_cookie(REVIEWER, name.strip() or "reviewer", samesite="strict", httponly=True)
+    name = " ".join(name.split())[:40]
+    if not name:
+        return page(request, "reviewer.html", status_code=422, next=local_path(next), error="Type a name: it is how the "
+                    "team tells its decisions apart.")
+    response = RedirectResponse(local_path(next), status_code=303)
+    remember_reviewer(response, name)
     return response
 
 
-@router.post("/batches")
-async def upload(request: Request, file: UploadFile, name: str = Form("", max_length=200), csrf: str = Form(""),
-                 bench: Workbench = Depends(workbench)):
-    """A catalog uploaded in the page, enriched in the background: the queue shows its progress."""
-    check_csrf(request, csrf)
-    suffix = Path(file.filename or "").suffix.lower()
-    if suffix not in UPLOAD_SUFFIXES:
-        raise HTTPException(422, f"upload a catalog file: {', '.join(UPLOAD_SUFFIXES)}")
-    batch = bench.store.new_batch(name.strip() or file.filename or "upload", f"upload: {file.filename}", rows=0)
-    bench.uploads.mkdir(parents=True, exist_ok=True)
-    path = bench.uploads / f"batch-{batch}{suffix}"  # the server names the file; nothing in the request does
-    size = 0
-    with open(path, "wb") as out:
-        while block := await file.read(2**20):
-            size += len(block)
-            if size > bench.config.max_upload_bytes:
-                bench.store.finish_batch(batch, error="the file is over the upload limit")
-                out.close()
-                path.unlink()  # a refused upload leaves nothing behind
-                raise HTTPException(413, f"the file is over {bench.config.max_upload_bytes} bytes")
-            out.write(block)
-    threading.Thread(target=bench.import_upload, args=(batch, path), daemon=True).start()
-    return RedirectResponse(f"/batches/{batch}", status_code=303)
+@router.get("/paths.json")
+def paths_json(request: Request):
+    """Every known path, for the page's completion: its address names the version, so the browser keeps it."""
+    return JSONResponse(known_paths(request).paths, headers={"Cache-Control": "private, max-age=86400"})
 
 
-@router.get("/batches/{batch}", response_class=HTMLResponse)
-def queue(request: Request, batch: int, state: str = "pending", top: str = "", min_score: float = 0.0,
-          max_score: float = 1.0, q: str = "", page_number: int = 0, bench: Workbench = Depends(workbench)):
-    found = bench.store.batch(batch)
-    if found is None:
-        raise HTTPException(404, "no such batch")
-    rows, total = bench.store.queue(batch, QueueFilter(state, top, min_score, max_score, q, max(page_number, 0)))
-    return page(request, "queue.html", batch=found, rows=rows, total=total, page_size=PAGE, tops=bench.store.top_levels(batch),
-                filters={"state": state, "top": top, "min_score": min_score, "max_score": max_score, "q": q,
-                         "page_number": page_number})
-
-
-@router.post("/batches/{batch}/bulk")
-def bulk_accept(request: Request, batch: int, min_score: float = Form(ge=0.0, le=1.0), csrf: str = Form(""),
-                bench: Workbench = Depends(workbench)):
-    check_csrf(request, csrf)
-    accepted = bench.store.bulk_accept(batch, min_score, reviewer(request))
-    return RedirectResponse(f"/batches/{batch}?saved={accepted}", status_code=303)
-
-
-@router.get("/batches/{batch}/listings/{row}", response_class=HTMLResponse)
-def listing(request: Request, batch: int, row: int, bench: Workbench = Depends(workbench)):
-    found = bench.store.listing(batch, row)
-    if found is None:
-        raise HTTPException(404, "no such listing")
-    explained = bench.explain(found) if found["status"] == "ok" else None
-    return page(request, "listing.html", batch=bench.store.batch(batch), listing=found, explained=explained,
-                paths=bench.known_paths, saved=request.query_params.get("saved"))
-
-
-@router.post("/batches/{batch}/listings/{row}")
-def decide(request: Request, batch: int, row: int, action: str = Form(), path: str = Form("", max_length=2000),
-           csrf: str = Form(""), bench: Workbench = Depends(workbench)):
-    """Accept the predicted path, pick an alternative, type one, or skip; then on to the next listing of the queue."""
-    check_csrf(request, csrf)
-    found = bench.store.listing(batch, row)
-    if found is None:
-        raise HTTPException(404, "no such listing")
-    chosen = found["category"] if action == "accept" else " > ".join(p.strip() for p in path.split(">") if p.strip())
-    saved = ""
-    if action != "skip":
-        if action not in ("accept", "pick", "type") or not chosen:
-            raise HTTPException(422, "choose a path: accept, pick an alternative or type one")
-        saved = f"saved={bench.store.decide(batch, found['id'], found['category'], chosen, action, reviewer(request), 'queue')}"
-    following = bench.store.next_pending(batch, found["priority"], row)
-    target = f"/batches/{batch}/listings/{following}" if following is not None else f"/batches/{batch}"
-    return RedirectResponse(f"{target}?{saved}", status_code=303)
+@router.get("/export")
+def export(batch: int | None = None, history: bool = False, format: str = "csv", bench: Workbench = Depends(workbench)):
+    """The decisions as a file: the latest per listing (undone ones left out), or with `history` every one."""
+    if format not in ("csv", "parquet"):
+        raise HTTPException(422, "format is csv or parquet")
+    if batch is not None and bench.store.batch(batch) is None:
+        raise HTTPException(404, f"no batch {batch}")
+    decisions = bench.store.decisions(latest=not history, batch=batch)
+    name = f"decisions-{'batch-' + str(batch) if batch else 'all'}{'-history' if history else ''}-{date.today()}.{format}"
+    if format == "csv":
+        body, kind = as_csv_frame(decisions).write_csv().encode(), "text/csv; charset=utf-8"
+    else:
+        buffer = io.BytesIO()
+        decisions.write_parquet(buffer)
+        body, kind = buffer.getvalue(), "application/vnd.apache.parquet"
+    return Response(body, media_type=kind, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.get("/conflicts", response_class=HTMLResponse)
-def conflict_list(request: Request, page_number: int = 0, bench: Workbench = Depends(workbench)):
+def conflict_list(request: Request, page_number: int = 0, resolved: bool = False, bench: Workbench = Depends(workbench)):
+    """The groups still to settle (with `resolved`, the settled ones too), each with its settled path if any."""
     groups = bench.conflicts()
-    shown = groups[page_number * 20: page_number * 20 + 20]
-    return page(request, "conflicts.html", groups=shown, total=len(groups), page_number=page_number,
-                resolved={g.key: bench.store.history(None, g.key)[-1:] for g in shown},
-                cosine=bench.config.conflict_cosine, saved=request.query_params.get("saved"))
+    settled = {g.key: bench.store.current(None, g.key) for g in groups}
+    shown_groups = [g for g in groups if resolved or not settled[g.key]]
+    shown = shown_groups[page_number * CONFLICTS_PAGE: (page_number + 1) * CONFLICTS_PAGE]
+    return page(request, "conflicts.html", groups=shown, total=len(shown_groups), page_number=page_number,
+                page_size=CONFLICTS_PAGE, settled=settled, show_resolved=resolved,
+                resolved_count=sum(1 for g in groups if settled[g.key]), cosine=bench.config.conflict_cosine,
+                saved=request.query_params.get("saved"))
 
 
 @router.post("/conflicts/{key}")
@@ -138,10 +93,15 @@ def resolve(request: Request, key: str, path: str = Form(max_length=2000), csrf:
             bench: Workbench = Depends(workbench)):
     """One path for the whole group: a decision for each member whose path differs, and one for the group's key."""
     check_csrf(request, csrf)
+    who = reviewer(request)
+    if not who:
+        raise HTTPException(403, "say who is reviewing first (the name at the top of the page)")
     group = next((g for g in bench.conflicts() if g.key == key), None)
     if group is None:
         raise HTTPException(404, "no such group")
-    chosen = " > ".join(p.strip() for p in path.split(">") if p.strip())
+    chosen = known_paths(request).resolve(path) or normalised(path)
+    if chosen not in {p for p, _ in group.paths}:
+        raise HTTPException(422, f"'{path}' is not one of the group's paths")
     rows = [(None, m["id"], m["category"], chosen) for m in group.members if m["category"] != chosen or m["id"] == key]
-    saved = bench.store.decide_many(rows, reviewer(request), "conflict", "conflict")
+    saved = bench.store.decide_many(rows, who, "conflict", "conflict")
     return RedirectResponse(f"/conflicts?saved={saved}#{key}", status_code=303)

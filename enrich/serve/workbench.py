@@ -114,7 +114,8 @@ class Workbench:
             self.jobs.pop(batch, None)
 
     def _import(self, batch: int, path: Path, stop: threading.Event, chunk: int) -> None:
-        frame = load_catalog(path, self.config.columns, self.cleaning)
+        columns = self.store.batch_columns(batch) or self.config.columns  # as the upload's mapping step chose
+        frame = load_catalog(path, columns, self.cleaning)
         self.store.set_rows(batch, frame.height)
         stored = self.store.stored_rows(batch)
         if stored:
