@@ -304,10 +304,9 @@ def test_update_adds_new_listings_and_deletes_delisted_ones_without_a_rebuild(tm
     unknown = len(live - set(labels_at_build))
     assert unknown and f"warning: {unknown} categories in the index are new since the last full build" in err
     assert index.reference.height == 51 and int(index.reference["deleted"].sum()) == 6 and len(index.neighbors) == 45
-    assert index.manifest["updates"][-1] | {"seconds": 0, "at": "", "source": ""} == {
+    assert index.manifest["updates"][-1] | {"seconds": 0, "at": "", "source": "", "embedded_with": ""} == {
         "added": 11, "deleted": 6, "replaced": 1, "refreshed": 34, "categories_unknown_to_the_model": unknown, "decisions": None,
-        "seconds": 0,
-        "at": "", "source": ""}
+        "seconds": 0, "at": "", "source": "", "embedded_with": ""}
     first = index.reference.with_row_index().filter(pl.col("id") == after["uniq_id"][0])
     assert first["engagement"].to_list() == [999.0]
     from enrich.catalog import listing_texts, load_catalog

@@ -22,7 +22,7 @@ from enrich.serve.store import SCHEMA, Store
 from enrich.serve.workbench import import_output
 from enrich.settings import ServeConfig
 
-TOKEN = "test-token"
+TOKEN = "test-token-0123456789"
 SAFE_ROWS = 12  # the first rows are made "safe" (review = false): the sample's own policy marks none
 
 
@@ -41,8 +41,10 @@ def enriched(tiny_index, sample, sample_columns, tmp_path_factory):
 def app(tiny_index, sample_columns, enriched, tmp_path):
     db = tmp_path / "review.sqlite"
     import_output(Store(db), "new listings", *enriched, "test")
-    return create_app(ServeConfig(index=str(tiny_index), db=str(db), token=TOKEN, columns=sample_columns,
-                                  uploads=str(tmp_path / "uploads")))
+    app = create_app(ServeConfig(index=str(tiny_index), db=str(db), token=TOKEN, columns=sample_columns,
+                                 uploads=str(tmp_path / "uploads")))
+    with TestClient(app):  # runs the app's start-up: its model worker
+        yield app
 
 
 def browser(app, name: str | None) -> TestClient:
@@ -366,6 +368,11 @@ def conflicted_index(sample, sample_columns, tiny_encoder_config, tmp_path_facto
 def test_a_settled_conflict_leaves_the_list_and_is_shown_on_request(conflicted_index, sample_columns, tmp_path):
     app = create_app(ServeConfig(index=str(conflicted_index), db=str(tmp_path / "review.sqlite"), token=TOKEN,
                                  columns=sample_columns, conflict_cosine=0.9999))  # the tiny encoder: copies only
+    with TestClient(app):
+        settle_a_conflict(app)
+
+
+def settle_a_conflict(app):
     ann = browser(app, "ann")
     groups = app.state.workbench.conflicts()
     assert len(groups) >= 3 and all(len(g.paths) > 1 for g in groups)

@@ -14,7 +14,7 @@ from benchmarks.serve import start
 from enrich.cli import main
 from enrich.serve.store import Store
 
-TOKEN = "test-token"
+TOKEN = "test-token-0123456789"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
