@@ -178,15 +178,16 @@ def summary(seeds: list[dict], setting: str) -> dict:
 
 def to_markdown(results: dict) -> str:
     f = lambda x: "—" if x is None else f"{x:.3f}"
-    lines = [("| setting, rule | full path: right; share accepted | `category_confident`: right; share keeping a level | "
-              "seeds 0-4: full path right | seeds 0-4: `category_confident` right |"), "|---|---|---|---|---|"]
+    lines = [("| setting (seeds), rule | full path: right; share accepted | `category_confident`: right; share keeping a "
+              "level | per seed: full path right | per seed: `category_confident` right |"), "|---|---|---|---|---|"]
     for setting in ("without tagger", "with tagger"):
         if setting not in results["summary"]:
             continue
         s = results["summary"][setting]
+        seeds = ", ".join(str(r["seed"]) for r in results["seeds"] if setting in r)
         for rule, name in (("rule", "enrich's rule"), ("todays_rule", "the rule before (per-level thresholds)")):
             full, kept = s[f"{rule}: full path precision"], s[f"{rule}: category_confident precision"]
-            lines.append(f"| {setting}, {name} | **{f(full['mean'])}** (lowest {f(full['min'])}); "
+            lines.append(f"| {setting} ({seeds}), {name} | **{f(full['mean'])}** (lowest {f(full['min'])}); "
                          f"{f(s[f'{rule}: full path share']['mean'])} | **{f(kept['mean'])}** (lowest {f(kept['min'])}); "
                          f"{f(s[f'{rule}: category_confident share']['mean'])} | "
                          f"{' '.join(f(v) for v in full['values'])} | {' '.join(f(v) for v in kept['values'])} |")
@@ -196,7 +197,7 @@ def to_markdown(results: dict) -> str:
     for setting in ("without tagger", "with tagger"):
         if setting not in results["summary"]:
             continue
-        s, rows = results["summary"][setting], [r[setting] for r in results["seeds"]]
+        s, rows = results["summary"][setting], [r[setting] for r in results["seeds"] if setting in r]
         effort_cells = [f"**{f(s[f'effort {t:.2f}: queue']['mean'])}**; {f(s[f'effort {t:.2f}: todays queue']['mean'])}; "
                         f"{f(s[f'effort {t:.2f}: random']['mean'])}" for t in EFFORT_TARGETS]
         lines.append(f"| {setting} | {effort_cells[0]} | {effort_cells[1]} | {f(np.mean([r['accuracy'] for r in rows]))} | "
@@ -206,11 +207,13 @@ def to_markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmarks.promise", description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--out", type=Path, default=Path("out"))
     parser.add_argument("--no-tagger", action="store_true", help="without the taggers (each a fine-tune, cached in out/)")
+    parser.add_argument("--tagger-seeds", type=int, nargs="+", help="the seeds measured with a tagger too (default: all)")
     parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     quiet_hugging_face()
@@ -220,16 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     encoder = Encoder()
     frame = load_catalog(args.catalog, AMAZON, reference=True)
     with tempfile.TemporaryDirectory() as tmp:
-        seeds = [seed_figures(args.catalog, frame, seed, BENCH_TAGGER, not args.no_tagger, encoder, Path(tmp))
+        seeds = [seed_figures(args.catalog, frame, seed, BENCH_TAGGER, with_tagger(args, seed), encoder, Path(tmp))
                  for seed in args.seeds]
     results = {"catalog": str(args.catalog), "machine": machine(encoder), "seeds": seeds,
-               "summary": {s: summary(seeds, s) for s in ("without tagger", "with tagger") if s in seeds[0]}}
+               "summary": {s: summary(seeds, s) for s in ("without tagger", "with tagger") if any(s in r for r in seeds)}}
     table = to_markdown(results)
     publish(args.out, "bench-promise", results, table)
     if not args.no_docs:
-        update_section("promise", table, "make bench-promise" + (" ARGS=--no-tagger" if args.no_tagger else ""),
+        update_section("promise", table, "make bench-promise" + (f" ARGS=\"{' '.join(argv)}\"" if argv else ""),
                        results["machine"])
     return 0
+
+
+def with_tagger(args: argparse.Namespace, seed: int) -> bool:
+    return not args.no_tagger and (args.tagger_seeds is None or seed in args.tagger_seeds)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ VARIABLES = {
     "ENRICH_LLM_MODEL": "the LLM stage's model (as --llm-model)",
     "ENRICH_LLM_BASE_URL": "the openai backend's server (as --llm-base-url)",
     "ENRICH_LLM_API_KEY": "the openai backend's key, where its server needs one",
+    "ENRICH_SERVE_RUNTIME": "set by `enrich serve` for its own HTTP processes (their settings): not for users",
 }
 
 
@@ -28,3 +29,15 @@ def variable(name: str) -> str | None:
 
 def cache_dir() -> Path:
     return Path(variable("ENRICH_CACHE") or Path.home() / ".cache" / "enrich")
+
+
+def set_for_children(name: str, value: str) -> None:
+    """Set one of enrich's variables for the processes this one starts (and this one)."""
+    if name not in VARIABLES:
+        raise KeyError(f"{name} is not one of enrich's variables (enrich.environment.VARIABLES)")
+    os.environ[name] = value
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment with `overrides`, for a process it starts."""
+    return {**os.environ, **overrides}

@@ -18,6 +18,7 @@ from enrich.catalog import CatalogError, Columns, listing_texts
 from enrich.catalog.inspect import catalog_warnings, reading_notes
 from enrich.catalog.load import read_catalog
 from enrich.catalog.decisions import apply_decisions, read_decisions
+from enrich.category.acceptance import AcceptancePolicy
 from enrich.category.lexical_model import CategoryModel
 from enrich.category.tagger import Tagger
 from enrich.embed import CALIBRATION_LISTINGS, BatchEncoder, Encoder, text_hashes
@@ -240,17 +241,20 @@ def build_index_from_frame(frame: pl.DataFrame, out_dir: str | Path, source: str
         ok.select(REFERENCE_COLUMNS[:5]).with_columns(
             text_hash=pl.Series(embedded.hashes, dtype=pl.String), deleted=pl.lit(False)).write_parquet(folder / REFERENCE)
         frame.filter(pl.col("status") != "ok").select("row", "id", "status").write_parquet(folder / REFUSED)
-        embedded.neighbors.save(str(folder / GRAPH))
-        lexical.save(folder)
-        sp.save_npz(folder / LEXICAL_MATRIX, embedded.lexical_matrix, compressed=False)  # zlib costs seconds at 100k
-        if prior is not None:
-            prior.save(folder)
-        if category_model is not None:
-            category_model.save(folder)
-        if acceptance is not None:
-            acceptance.save(folder)
-        if encoder.calibration is not None:  # a run or an update makes the same int8 model from them
-            write_json(folder / CALIBRATION, {"texts": list(encoder.calibration.texts)})
+        save_models(folder, embedded, lexical, prior, category_model, acceptance, encoder)
         (folder / MANIFEST).write_text(json.dumps({**manifest, "files": file_digests(folder)}, indent=1))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def save_models(folder: Path, embedded: Embedded, lexical: Lexical, prior: ExposurePrior | None,
+                category_model: CategoryModel | None, acceptance: AcceptancePolicy | None, encoder: Encoder) -> None:
+    """The index's parts beside its reference table: the graph, the vocabulary and its matrix, and each model it has."""
+    embedded.neighbors.save(str(folder / GRAPH))
+    lexical.save(folder)
+    sp.save_npz(folder / LEXICAL_MATRIX, embedded.lexical_matrix, compressed=False)  # zlib costs seconds at 100k
+    for model in (prior, category_model, acceptance):
+        if model is not None:
+            model.save(folder)
+    if encoder.calibration is not None:  # a run or an update makes the same int8 model from them
+        write_json(folder / CALIBRATION, {"texts": list(encoder.calibration.texts)})

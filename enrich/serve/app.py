@@ -10,7 +10,6 @@ limits (413), slow ones cut off (408); templates escape every listing field (see
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sys
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from enrich.catalog import Columns
+from enrich.environment import set_for_children, variable
 from enrich.errors import ConfigError, InputError
 from enrich.serve import api, pages
 from enrich.serve.pool import ModelClient, ModelPool, ModelsBusy, ModelsUnavailable
@@ -121,7 +121,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def app_from_runtime() -> FastAPI:
     """The app in one of uvicorn's worker processes (`--workers` above 1): its settings and model sockets come from
     the file the serving process wrote (mode 0600, in the pool's private folder)."""
-    runtime = json.loads(Path(os.environ[RUNTIME]).read_text())
+    runtime = json.loads(Path(variable(RUNTIME)).read_text())
     fields = runtime["config"]
     columns = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.pop("columns").items()}
     return create_app(ServeConfig(**fields, columns=Columns(**columns)), model_sockets=runtime["sockets"])
@@ -150,7 +150,7 @@ def serve(config: ServeConfig) -> None:
             runtime = pool.folder / "runtime.json"
             runtime.write_text(json.dumps({"config": asdict(config), "sockets": pool.sockets}))
             runtime.chmod(0o600)
-            os.environ[RUNTIME] = str(runtime)
+            set_for_children(RUNTIME, str(runtime))
             server_config = ServerConfig("enrich.serve.app:app_from_runtime", factory=True, workers=config.workers, **options)
         print(f"enrich serve: http://{config.host}:{config.port}/?token={quote(config.token, safe='')}  (API: Authorization: Bearer"
               f" {config.token})", file=sys.stderr, flush=True)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from enrich import errors
+from enrich.environment import child_environment
 from enrich.errors import EnrichError, InputError
 from enrich.serve.wire import INTERACTIVE, WireError, pack, unpack
 from enrich.settings import ServeConfig
@@ -88,7 +89,7 @@ class ModelPool:
                    "--batch-wait-ms", str(c.batch_wait_ms), "--conflict-cosine", str(c.conflict_cosine)]
         if c.model:
             command += ["--model", str(c.model)]
-        environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "POLARS_MAX_THREADS": str(self.threads)}
+        environment = child_environment(OMP_NUM_THREADS=str(self.threads), POLARS_MAX_THREADS=str(self.threads))
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=[listener.fileno()],
                                 env=environment)
 

@@ -174,7 +174,7 @@ def mapped(form, base: Columns) -> tuple[Columns, str | None]:
 
 
 def images(upload: Upload, columns: Columns, image: str | None) -> dict[int, str]:
-    """Each row's image address, where it is a web address (the first of a list): row numbers as the reader counts."""
+    """Each row's image address, where it is an https address (the first of a list): row numbers as the reader counts."""
     if not image:
         return {}
     from enrich.catalog.read import read_raw
@@ -185,7 +185,7 @@ def images(upload: Upload, columns: Columns, image: str | None) -> dict[int, str
     found = {}
     for row, cell in enumerate(raw[image].to_list(), start=1):
         first = re.split(r"[,\s|]+", (cell or "").strip(), maxsplit=1)[0]
-        if re.match(r"^https?://[^\s\"'<>]+$", first):
+        if re.match(r"^https://[^\s\"'<>]+$", first):  # the pages allow images from https addresses only
             found[row] = first[:2000]
     return found
 
