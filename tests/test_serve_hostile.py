@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -181,8 +182,12 @@ def test_redirects_stay_on_this_site(client):
 
 def test_every_answer_carries_the_security_headers(client):
     fresh = TestClient(client.app)
+    page = {"Accept": "text/html"}  # errors a browser asks for are pages, made outside the guard
     answers = [fresh.get("/v1/health"), fresh.get("/"), fresh.get("/static/workbench.css"),
-               client.post("/v1/enrich", headers=JSON, content=b"x" * 200_000), client.get("/v1/info", headers=AUTH)]
+               client.post("/v1/enrich", headers=JSON, content=b"x" * 200_000), client.get("/v1/info", headers=AUTH),
+               fresh.get("/", headers=page), client.get("/nowhere", headers={**AUTH, **page}),
+               client.get("/batches/1?done=%C2%B2", headers={**AUTH, **page}, cookies={"enrich_reviewer": "ann"})]
+    assert [a.status_code for a in answers[-3:]] == [401, 404, 404] and "<html" in answers[-1].text
     for answer in answers:
         assert answer.headers["x-frame-options"] == "DENY" and answer.headers["x-content-type-options"] == "nosniff"
         assert answer.headers["referrer-policy"] == "no-referrer"
@@ -307,6 +312,8 @@ def test_an_upload_interrupted_by_a_kill_is_marked_and_resumed_without_duplicate
     server, url = start(tiny_index, db, *flags, token=TOKEN, wait_s=120)
     try:
         assert batch_state(db)[0] == "interrupted"  # marked at start-up: no process holds it
+        with httpx.Client(base_url=url, cookies={"enrich_token": TOKEN, "enrich_reviewer": "ann"}) as http:
+            assert 'id="resume"' in http.get("/batches/1").text  # the page offers to enrich the rest
         with httpx.Client(base_url=url, headers=AUTH) as http:
             assert http.post("/v1/batches/1/resume").status_code == 202
             assert http.post("/v1/batches/1/resume").status_code == 409  # resumed already
@@ -317,6 +324,26 @@ def test_an_upload_interrupted_by_a_kill_is_marked_and_resumed_without_duplicate
     with sqlite3.connect(db) as store:
         ids = [r[0] for r in store.execute("SELECT id FROM listings WHERE batch = 1 ORDER BY row")]
     assert ids == upload["uniq_id"].to_list()  # every row once, in its place
+
+
+def test_two_http_processes_answer_and_a_port_in_use_is_said_before_the_models_load(tiny_index, sample, tmp_path):
+    import httpx
+
+    process, url = start(tiny_index, tmp_path / "review.sqlite", "--columns", str(sample["columns"]), "--workers", "2",
+                         token=TOKEN, wait_s=120)
+    try:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
+            answers = [http.post("/v1/enrich", json={"listings": [{"id": str(i), "title": "wooden train"}]}) for i in range(6)]
+        assert [a.status_code for a in answers] == [200] * 6
+        assert len(children(process.pid, "multiprocessing")) >= 2  # uvicorn's HTTP processes
+        port = urlsplit(url).port
+        taken = subprocess.run([sys.executable, "-m", "enrich", "serve", "--index", str(tiny_index), "--db",
+                                str(tmp_path / "other.sqlite"), "--port", str(port)], capture_output=True, text=True,
+                               timeout=60)
+        assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
+        assert "enrich serve: http" not in taken.stderr and "Loading weights" not in taken.stderr
+    finally:
+        stop(process)
 
 
 def test_a_killed_model_worker_costs_a_503_at_most_and_is_started_again(server, tiny_index):

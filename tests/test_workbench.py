@@ -204,8 +204,10 @@ def test_undo_skip_progress_and_a_message_that_names_the_listing_and_path(app):
     ann.post("/batches/1/unskip", data=form(app))  # and back it comes
     assert '<strong id="total">0</strong>' in ann.get("/batches/1", params={"state": "skipped"}).text
     ann.post(f"/batches/1/listings/{row}", data=form(app, action="skip"))
+    pending = int(re.search(r'<strong id="total">(\d+)</strong>', ann.get("/batches/1").text)[1])
+    assert pending == int(re.search(r'<strong id="total">(\d+)</strong>', bob.get("/batches/1").text)[1]) - 1
     store_rows = [row_of(bob.get("/batches/1/next", follow_redirects=False).headers["location"]) for _ in range(1)]
-    assert store_rows == [row]  # ann's skip is hers: bob is handed it
+    assert store_rows == [row]  # ann's skip is hers: it leaves her pending view, and bob is handed it
 
 
 def test_search_finds_words_of_title_brand_and_category_and_bad_filters_are_a_message(app, enriched):
@@ -229,6 +231,8 @@ def test_search_finds_words_of_title_brand_and_category_and_bad_filters_are_a_me
     assert bad.status_code == 200 and "state &#39;bogus&#39; is not one of" in bad.text
     assert "min score &#39;abc&#39; is not a number from 0 to 1" in bad.text and "max score &#39;2&#39;" in bad.text
     assert ann.get("/batches/1", params={"q": "\"*)("}).status_code == 200  # punctuation is no FTS5 syntax error
+    assert "no listing of this batch is predicted in the department" in ann.get("/batches/1", params={"top": "Nowhere"}).text
+    assert "Back to its first page" in ann.get("/batches/1", params={"page": "999"}).text
 
 
 def test_errors_are_pages_for_a_browser_and_json_for_the_api(app):
@@ -379,11 +383,22 @@ def settle_a_conflict(app):
     group = next(g for g in groups if any(p == "Hobbies > Collectibles" for p, _ in g.paths))
     page = ann.get("/conflicts")
     assert f'id="{group.key}"' in page.text and f"{len(groups)} groups to settle" in page.text
-    assert ann.post(f"/conflicts/{group.key}", data=form(app, path="Not > One > Of > Theirs")).status_code == 422
-    settled = ann.post(f"/conflicts/{group.key}", data=form(app, path="Hobbies > Collectibles"), follow_redirects=False)
+    assert ann.post("/conflicts", data=form(app, key=group.key, path="Not > One > Of > Theirs")).status_code == 422
+    settled = ann.post("/conflicts", data=form(app, key=group.key, path="Hobbies > Collectibles"), follow_redirects=False)
     assert settled.status_code == 303
+    moved = [m for m in group.members if m["category"] != "Hobbies > Collectibles"]
+    message = ann.get(settled.headers["location"]).text
+    assert f"{len(moved)} listing{'' if len(moved) == 1 else 's'} relabelled" in message and 'id="undo-settlement"' in message
     assert f'id="{group.key}"' not in ann.get("/conflicts").text
     shown = ann.get("/conflicts", params={"resolved": 1}).text
     assert f'id="{group.key}"' in shown and "Settled: <strong>Hobbies &gt; Collectibles</strong> (ann)" in shown
-    exported = app.state.workbench.store.decisions()
+    store = app.state.workbench.store
+    decided = store.decisions()
+    unchanged = {m["id"] for m in group.members if m not in moved} - {group.key}
+    assert set(decided["listing"]) == {m["id"] for m in moved} | {group.key} and not unchanged & set(decided["listing"])
+    op = int(settled.headers["location"].split("settled_by=")[1])
+    assert ann.post("/conflicts/undo", data=form(app, op=op), follow_redirects=False).status_code == 303
+    assert f'id="{group.key}"' in ann.get("/conflicts").text and store.decisions().height == 0  # to settle again
+    settled = ann.post("/conflicts", data=form(app, key=group.key, path="Hobbies > Collectibles"), follow_redirects=False)
+    exported = store.decisions()
     assert set(exported["after"]) == {"Hobbies > Collectibles"} and exported["batch"].is_null().all()

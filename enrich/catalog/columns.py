@@ -68,9 +68,12 @@ class Columns:
                 value = tuple(v for v in value if v) or None
             elif key == "encoding":
                 try:
-                    value = codecs.lookup(value).name
+                    codec = codecs.lookup(value)
                 except LookupError:
-                    raise CatalogError(f"{source}: unknown encoding {value!r} (for example utf-8, cp1252, latin-1)") from None
+                    codec = None
+                if codec is None or not codec._is_text_encoding:  # rot13, base64...: codecs, not text encodings
+                    raise CatalogError(f"{source}: unknown encoding {value!r} (for example utf-8, cp1252, latin-1)")
+                value = codec.name
             elif key == "delimiter":
                 value = DELIMITER_NAMES.get(value, value)
                 if len(value) != 1 or value in "\"\r\n":

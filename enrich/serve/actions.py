@@ -81,36 +81,53 @@ def bulk_accept(store: Store, batch: int, view: View, kind: str, who: str) -> tu
     return op, len(rows)
 
 
+def settle_conflict(store: Store, key: str, members: list[dict], chosen: str, who: str) -> tuple[int, int]:
+    """One path for a conflict group, as one operation that can be undone: a decision for each member whose path
+    differs, and one for the group's key listing (which records the settlement, a confirmation where its path was
+    already the chosen one). (The operation's id, how many listings were relabelled.)"""
+    at = now()
+    changed = [m for m in members if m["category"] != chosen]
+    rows = changed + [m for m in members if m["id"] == key and m["category"] == chosen]
+    with store.transaction() as db:
+        op = db.execute("INSERT INTO operations (batch, kind, view, listings, who, at) VALUES (0, 'conflict', ?, ?, ?, ?)",
+                        (key, len(changed), who, at)).lastrowid
+        db.executemany(INSERT_DECISION, [(None, m["id"], m["category"], chosen, "conflict", who, at, "conflict", op, None)
+                                         for m in rows])
+    return op, len(changed)
+
+
 def operation(store: Store, op: int) -> dict | None:
-    """A bulk operation, with the id of the operation that undid it (None while it stands)."""
+    """A bulk operation or a conflict's settlement, with the id of the operation that undid it (None while it stands)."""
     with store.connect() as db:
         row = db.execute("SELECT o.*, (SELECT u.id FROM operations u WHERE u.undoes = o.id) AS undone_by"
                          " FROM operations o WHERE o.id = ?", (op,)).fetchone()
     if row is None:
         return None
     found = dict(row)
+    found["view_text"] = found["view"]  # a conflict's: the group's key
     found["view"] = View.parse(dict(parse_qsl(found["view"])))[0]
     return found
 
 
 def undo_operation(store: Store, op: int, who: str) -> tuple[int, int]:
-    """Undo a bulk operation as one: each listing it decided goes back to the state before, unless a later decision
+    """Undo a bulk operation or a conflict's settlement as one: each listing it decided goes back to the state before, unless a later decision
     replaced the operation's since (that one stands). (How many went back, how many were left as decided since.)"""
     at = now()
     with store.transaction() as db:
-        found = db.execute("SELECT batch FROM operations WHERE id = ? AND NOT EXISTS"
+        found = db.execute("SELECT batch, kind FROM operations WHERE id = ? AND kind != 'undo' AND NOT EXISTS"
                            " (SELECT 1 FROM operations u WHERE u.undoes = ?)", (op, op)).fetchone()
         if found is None:
             return 0, 0
         decided = db.execute("""SELECT d.seq, d.batch, d.listing, d.after, c.seq = d.seq AS holds,
-                                       (SELECT p.after FROM decisions p WHERE p.batch = d.batch AND p.listing = d.listing
+                                       (SELECT p.after FROM decisions p WHERE p.batch IS d.batch AND p.listing = d.listing
                                         AND p.seq < d.seq ORDER BY p.seq DESC LIMIT 1) AS previous
-                                FROM decisions d JOIN current c ON c.scope = d.batch AND c.listing = d.listing
+                                FROM decisions d JOIN current c ON c.scope = COALESCE(d.batch, 0) AND c.listing = d.listing
                                 WHERE d.op = ?""", (op,)).fetchall()
         standing = [d for d in decided if d["holds"]]
         undo = db.execute("INSERT INTO operations (batch, kind, view, listings, who, at, undoes) VALUES (?, 'undo', '', ?, ?, ?, ?)",
                           (found["batch"], len(standing), who, at, op)).lastrowid
-        db.executemany(INSERT_DECISION, [(d["batch"], d["listing"], d["after"], d["previous"], "undo", who, at, "bulk", undo,
+        source = "conflict" if found["kind"] == "conflict" else "bulk"
+        db.executemany(INSERT_DECISION, [(d["batch"], d["listing"], d["after"], d["previous"], "undo", who, at, source, undo,
                                           d["seq"]) for d in standing])
     return len(standing), len(decided) - len(standing)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
@@ -139,11 +140,12 @@ def serve(config: ServeConfig) -> None:
     if config.workers < 1 or config.model_workers < 1:
         raise ConfigError("--workers and --model-workers must be at least 1")
     config = replace(config, token=config.token or secrets.token_urlsafe(24))
+    options = dict(host=config.host, port=config.port, log_level="warning", loop="uvloop", http=GuardedHttpProtocol,
+                   limit_concurrency=config.max_connections, timeout_keep_alive=5,
+                   header_timeout_s=config.header_timeout_s, max_header_bytes=config.max_header_bytes)
+    sock = bound_socket(ServerConfig("enrich.serve.app:app_from_runtime", **options))  # before the models load
     pool = ModelPool(config, config.model_workers, config.model_threads or None).start()
     try:
-        options = dict(host=config.host, port=config.port, log_level="warning", loop="uvloop", http=GuardedHttpProtocol,
-                       limit_concurrency=config.max_connections, timeout_keep_alive=5,
-                       header_timeout_s=config.header_timeout_s, max_header_bytes=config.max_header_bytes)
         if config.workers == 1:
             server_config = ServerConfig(create_app(config, model_sockets=pool.sockets), **options)
         else:
@@ -152,21 +154,29 @@ def serve(config: ServeConfig) -> None:
             runtime.chmod(0o600)
             set_for_children(RUNTIME, str(runtime))
             server_config = ServerConfig("enrich.serve.app:app_from_runtime", factory=True, workers=config.workers, **options)
-        print(f"enrich serve: http://{config.host}:{config.port}/?token={quote(config.token, safe='')}  (API: Authorization: Bearer"
-              f" {config.token})", file=sys.stderr, flush=True)
-        run_uvicorn(server_config)
+        print(f"enrich serve: http://{config.host}:{config.port}/?token={quote(config.token, safe='')}  (API:"
+              f" Authorization: Bearer {config.token})", file=sys.stderr, flush=True)
+        run_uvicorn(server_config, sock)
     finally:
         pool.stop()
 
 
-def run_uvicorn(config) -> None:
+def bound_socket(config) -> socket.socket:
+    """The server's socket, bound before anything else starts: a port in use is said at once, and no address is
+    printed that another server answers."""
+    try:
+        return config.bind_socket()
+    except SystemExit:  # uvicorn logs the OSError and exits
+        raise ConfigError(f"cannot listen on {config.host}:{config.port} (in use, or not an address of this machine):"
+                          " choose another --port or --host") from None
+
+
+def run_uvicorn(config, sock: socket.socket) -> None:
     """What `uvicorn.run` does, with our `ServerConfig` (uvicorn.run would build its own)."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    server = uvicorn.Server(config)
     if config.workers > 1:
-        sock = config.bind_socket()
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock]).run()
     else:
-        server.run()
+        uvicorn.Server(config).run(sockets=[sock])

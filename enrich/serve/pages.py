@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from enrich.files import as_csv_frame
-from enrich.serve import review_pages, upload_pages
+from enrich.serve import actions, review_pages, upload_pages
 from enrich.serve.paths import normalised
 from enrich.serve.render import ErrorPages, check_csrf, known_paths, page, remember_reviewer, reviewer, workbench
 from enrich.serve.security import local_path
@@ -76,22 +76,33 @@ def export(batch: int | None = None, history: bool = False, format: str = "csv",
 
 
 @router.get("/conflicts", response_class=HTMLResponse)
-def conflict_list(request: Request, page_number: int = 0, resolved: bool = False, bench: Workbench = Depends(workbench)):
-    """The groups still to settle (with `resolved`, the settled ones too), each with its settled path if any."""
+def conflict_list(request: Request, page_number: int = 0, resolved: bool = False, settled_by: int = 0,
+                  bench: Workbench = Depends(workbench)):
+    """The groups still to settle (with `resolved`, the settled ones too), each with its settled path if any; after a
+    settlement (`settled_by`, its operation), what it did, with a button that undoes it."""
     groups = bench.conflicts()
-    settled = {g.key: bench.store.current(None, g.key) for g in groups}
+    current = {g.key: bench.store.current(None, g.key) for g in groups}
+    settled = {key: found if found and found["after"] else None for key, found in current.items()}
     shown_groups = [g for g in groups if resolved or not settled[g.key]]
     shown = shown_groups[page_number * CONFLICTS_PAGE: (page_number + 1) * CONFLICTS_PAGE]
+    done = actions.operation(bench.store, settled_by) if 0 < settled_by < 2**63 else None
+    if done is not None and done["kind"] == "conflict":
+        key = done["view_text"]
+        group = next((g for g in groups if g.key == key), None)
+        done = {"op": done["id"], "listings": done["listings"], "undone": bool(done["undone_by"]),
+                "title": group.members[0]["title"] if group else key, "path": (settled.get(key) or {}).get("after")}
+    else:
+        done = None
     return page(request, "conflicts.html", groups=shown, total=len(shown_groups), page_number=page_number,
                 page_size=CONFLICTS_PAGE, settled=settled, show_resolved=resolved,
-                resolved_count=sum(1 for g in groups if settled[g.key]), cosine=bench.config.conflict_cosine,
-                saved=request.query_params.get("saved"))
+                resolved_count=sum(1 for g in groups if settled[g.key]), cosine=bench.config.conflict_cosine, done=done,
+                undone=request.query_params.get("undone"))
 
 
-@router.post("/conflicts/{key}")
-def resolve(request: Request, key: str, path: str = Form(max_length=2000), csrf: str = Form(""),
+@router.post("/conflicts")
+def resolve(request: Request, key: str = Form(max_length=2000), path: str = Form(max_length=2000), csrf: str = Form(""),
             bench: Workbench = Depends(workbench)):
-    """One path for the whole group: a decision for each member whose path differs, and one for the group's key."""
+    """One path for the whole group (the key travels in the form, so that any characters an id holds are safe)."""
     check_csrf(request, csrf)
     who = reviewer(request)
     if not who:
@@ -102,6 +113,19 @@ def resolve(request: Request, key: str, path: str = Form(max_length=2000), csrf:
     chosen = known_paths(request).resolve(path) or normalised(path)
     if chosen not in {p for p, _ in group.paths}:
         raise HTTPException(422, f"'{path}' is not one of the group's paths")
-    rows = [(None, m["id"], m["category"], chosen) for m in group.members if m["category"] != chosen or m["id"] == key]
-    saved = bench.store.decide_many(rows, who, "conflict", "conflict")
-    return RedirectResponse(f"/conflicts?saved={saved}#{key}", status_code=303)
+    op, _ = actions.settle_conflict(bench.store, key, group.members, chosen, who)
+    return RedirectResponse(f"/conflicts?settled_by={op}", status_code=303)
+
+
+@router.post("/conflicts/undo")
+def undo_settlement(request: Request, op: int = Form(ge=0, lt=2**63), csrf: str = Form(""),
+                    bench: Workbench = Depends(workbench)):
+    check_csrf(request, csrf)
+    who = reviewer(request)
+    if not who:
+        raise HTTPException(403, "say who is reviewing first (the name at the top of the page)")
+    found = actions.operation(bench.store, op)
+    if found is None or found["kind"] != "conflict":
+        raise HTTPException(404, "no such settlement")
+    back, _ = actions.undo_operation(bench.store, op, who)
+    return RedirectResponse(f"/conflicts?undone={back}", status_code=303)

@@ -65,7 +65,7 @@ class View:
             errors.append(f"min score {values['min_score']} is above max score {values['max_score']}: both left out")
             values.pop("min_score"), values.pop("max_score")
         page = params.get("page", "0")
-        values["page"] = int(page) if page.isdigit() and int(page) < 10**6 else 0
+        values["page"] = int(page) if page.isascii() and page.isdigit() and int(page) < 10**6 else 0
         return cls(**values), errors
 
     def address(self, **changes) -> str:
@@ -91,8 +91,8 @@ def where(batch: int, view: View, who: str) -> tuple[str, list]:
         conditions.append(PENDING)
     elif view.state == "decided":
         conditions.append(f"NOT {PENDING}")
-    if view.state == "skipped":
-        conditions.append(SKIPPED)
+    if view.state in ("pending", "skipped"):  # a reviewer's skips leave their pending view for their own
+        conditions.append(SKIPPED if view.state == "skipped" else f"NOT {SKIPPED}")
         args.append(who)
     if view.top:
         conditions.append("(l.category = ? OR l.category LIKE ? ESCAPE '\\')")
@@ -187,8 +187,7 @@ def next_listing(store: Store, batch: int, view: View, who: str, seconds: float)
         view = replace(view, state="pending")
     condition, args = where(batch, view, who)
     moment = time.time()
-    conditions = [condition, f"NOT {RESERVED_BY_OTHERS}"] + ([f"NOT {SKIPPED}"] if view.state == "pending" else [])
-    extra = [who, moment] + ([who] if view.state == "pending" else [])
+    conditions, extra = [condition, f"NOT {RESERVED_BY_OTHERS}"], [who, moment]
     with store.transaction(durable=False) as db:
         found = db.execute(f"SELECT l.row, l.id {FROM} WHERE {' AND '.join(conditions)} {ORDER} LIMIT 1",
                            [*args, *extra]).fetchone()

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from enrich.serve.paths import KnownPaths
-from enrich.serve.security import same_secret
+from enrich.serve.security import SECURITY_HEADERS, same_secret
 from enrich.serve.workbench import Workbench
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")  # autoescapes every value
@@ -58,6 +58,12 @@ def ask_reviewer(request: Request) -> RedirectResponse:
     """To the page that asks who is reviewing, then back here."""
     back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/reviewer?next={quote(back)}", status_code=303)
+
+
+def address_number(text: str | None) -> int | None:
+    """A decision's, operation's or page's number from an address: ASCII digits below 2**63, else None (`isdigit`
+    alone takes '²', which int() refuses)."""
+    return int(text) if text and text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def check_csrf(request: Request, token: str) -> None:
@@ -160,6 +166,7 @@ class ErrorPages:
             return await send({"type": "http.response.body", "body": held["body"]})
         body = error_page(start["status"], error_message(held["body"], content_type))
         headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-        headers += [(k, v) for k, v in start.get("headers", []) if k.lower() in (b"set-cookie", b"www-authenticate")]
+        headers += [(k, v) for k, v in start.get("headers", []) if k.lower() in (b"set-cookie", b"www-authenticate", b"connection")]
+        headers += SECURITY_HEADERS  # this sits outside the guard, which added them to the answer it replaces
         await send({"type": "http.response.start", "status": start["status"], "headers": headers})
         await send({"type": "http.response.body", "body": body})

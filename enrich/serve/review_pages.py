@@ -13,7 +13,7 @@ from enrich.serve import actions, queue
 from enrich.serve.actions import BULK_KINDS
 from enrich.serve.paths import KnownPaths, normalised, parents
 from enrich.serve.queue import PAGE, STATES, View
-from enrich.serve.render import ask_reviewer, check_csrf, known_paths, page, reviewer, workbench
+from enrich.serve.render import address_number, ask_reviewer, check_csrf, known_paths, page, reviewer, workbench
 from enrich.serve.workbench import Workbench
 
 router = APIRouter(include_in_schema=False)
@@ -48,24 +48,27 @@ def queue_page(request: Request, batch: int, bench: Workbench = Depends(workbenc
         return ask_reviewer(request)
     found = found_batch(bench, batch)
     view, errors = View.parse(request.query_params)
+    tops = queue.top_levels(bench.store, batch)
+    if view.top and view.top not in tops:
+        errors.append(f"no listing of this batch is predicted in the department '{view.top}'")
     rows, total = queue.listings(bench.store, batch, view, who)
     refused, refused_total = bench.store.refused(batch)
     return page(request, "queue.html", batch=found, rows=rows, total=total, page_size=PAGE, view=view, errors=errors,
-                states=STATES, tops=queue.top_levels(bench.store, batch), refused=refused, refused_total=refused_total,
+                states=STATES, tops=tops, refused=refused, refused_total=refused_total,
                 bulk_kinds=BULK_KINDS, message=queue_message(request, bench), **strip(request, bench, batch, who))
 
 
 def queue_message(request: Request, bench: Workbench) -> dict | None:
     """What the last action did, from the address it came back with."""
     params, store = request.query_params, bench.store
-    if params.get("op", "").isdigit() and (op := actions.operation(store, int(params["op"]))):
+    if (number := address_number(params.get("op"))) is not None and (op := actions.operation(store, number)):
         return {"kind": "bulk", "op": op, "view": actions.view_label(op["view"])}
-    if params.get("undid", "").isdigit() and (op := actions.operation(store, int(params["undid"]))):
+    if (number := address_number(params.get("undid"))) is not None and (op := actions.operation(store, number)):
         undo = actions.operation(store, op["undone_by"]) if op["undone_by"] else None
         back = undo["listings"] if undo else 0
         return {"kind": "undid", "op": op, "back": back, "kept": op["listings"] - back}
-    if params.get("done", "").isdigit():
-        return {"kind": "done", "decision": store.decision(int(params["done"]))}
+    if (number := address_number(params.get("done"))) is not None:
+        return {"kind": "done", "decision": store.decision(number)}
     for kind in ("empty", "unskipped", "nothing"):
         if kind in params:
             return {"kind": kind, "count": params.get(kind)}
@@ -91,6 +94,17 @@ def to_next(bench: Workbench, batch: int, view: View, who: str, done: str) -> Re
     return RedirectResponse(f"/batches/{batch}/listings/{row}?{address}", status_code=303)
 
 
+@router.post("/batches/{batch}/resume")
+def resume_batch(request: Request, batch: int, csrf: str = Form(""), bench: Workbench = Depends(workbench)):
+    """Enrich the rest of an upload a stopped server left interrupted (as `POST /v1/batches/N/resume`)."""
+    check_csrf(request, csrf)
+    found = found_batch(bench, batch)
+    if not bench.resume_upload(batch):
+        raise HTTPException(409, f"this batch is {found['state']}: only an interrupted upload whose file is kept can be"
+                                 " resumed")
+    return RedirectResponse(f"/batches/{batch}", status_code=303)
+
+
 # -- a listing ------------------------------------------------------------------------------------------------------
 @router.get("/batches/{batch}/listings/{row}", response_class=HTMLResponse)
 def listing_page(request: Request, batch: int, row: int, bench: Workbench = Depends(workbench)):
@@ -104,8 +118,8 @@ def listing_page(request: Request, batch: int, row: int, bench: Workbench = Depe
         holder = queue.reserve(bench.store, batch, listing["id"], who, reserve_s(bench))
     message = None
     for kind in ("done", "undone"):
-        if request.query_params.get(kind, "").isdigit():
-            message = {"kind": kind, "decision": bench.store.decision(int(request.query_params[kind]))}
+        if (number := address_number(request.query_params.get(kind))) is not None:
+            message = {"kind": kind, "decision": bench.store.decision(number)}
     return listing_view(request, bench, listing, View.parse(request.query_params)[0], who, holder=holder, message=message)
 
 

@@ -29,6 +29,8 @@ from enrich.serve.wire import BULK, bytes_frame, frame_bytes
 from enrich.settings import ServeConfig
 
 CHUNK_TRIES = 5  # an upload's chunk is tried again while the models' process is started again after a crash
+# An upload's chunk cannot be interrupted once the models start it: small chunks keep the API's wait behind one short.
+UPLOAD_CHUNK_LISTINGS = 16
 
 
 class Workbench:
@@ -103,7 +105,7 @@ class Workbench:
         stop = self.jobs.setdefault(batch, threading.Event())
         try:
             with batch_lock(self.store, batch):
-                self._import(batch, Path(path), stop, chunk or self.config.batch_listings)
+                self._import(batch, Path(path), stop, chunk or min(self.config.batch_listings, UPLOAD_CHUNK_LISTINGS))
         except OutputError:  # another process holds the batch: it is working on it
             pass
         except ModelsUnavailable:
