@@ -205,6 +205,9 @@ def test_the_docs_are_served_from_the_package(client):
     assert schema["paths"]["/v1/enrich"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/EnrichRequest"}
     assert "Listing" in schema["components"]["schemas"]
+    assert schema["components"]["securitySchemes"]["token"]["scheme"] == "bearer"  # Swagger UI's Authorize button
+    assert schema["paths"]["/v1/enrich"]["post"]["security"] == [{"token": []}]
+    assert "security" not in schema["paths"]["/v1/health"]["get"]
 
 
 def test_the_readme_curl_example_works_as_written(server):

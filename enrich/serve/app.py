@@ -80,7 +80,7 @@ def docs() -> HTMLResponse:
 
 
 def openapi(app: FastAPI) -> dict:
-    """FastAPI's schema, with the request body `/v1/enrich` reads itself (strict JSON, see api.py)."""
+    """FastAPI's schema, with the request body `/v1/enrich` reads itself (strict JSON, see api.py) and the token."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
@@ -89,6 +89,12 @@ def openapi(app: FastAPI) -> dict:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(body.pop("$defs", {}))
         components["EnrichRequest"] = body
+        # The token, as every /v1 call but the health check sends it: Swagger UI's Authorize button then works.
+        schema["components"]["securitySchemes"] = {"token": {"type": "http", "scheme": "bearer"}}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                if path != "/v1/health":
+                    operation["security"] = [{"token": []}]
         app.openapi_schema = schema
     return app.openapi_schema
 
