@@ -118,7 +118,7 @@ def served_during(url: str, requests: list[bytes], concurrency: int) -> dict:
 def queue_page(url: str, times: int = 20) -> dict:
     """The review queue's first page of the 10,000-listing batch, pending listings, then a filtered one."""
     out = {}
-    with httpx.Client(base_url=url, cookies={"enrich_token": TOKEN}, timeout=60) as http:
+    with httpx.Client(base_url=url, cookies={"enrich_token": TOKEN, "enrich_reviewer": "bench"}, timeout=60) as http:
         for name, path in (("pending", "/batches/1"), ("filtered", "/batches/1?state=all&min_score=0.2&max_score=0.6&q=car")):
             http.get(path)
             ms = []
@@ -167,10 +167,13 @@ def during_upload(url: str, db: Path, upload: Path, requests: list[bytes], windo
                      "upload_listings_per_s": progress["enriched"] / progress["seconds"], "window_s": progress["seconds"]}
 
 
-def measure_server(folder: Path, name: str, listings: list[dict], source: Path | None, window_s: float) -> dict:
+def measure_server(folder: Path, name: str, listings: list[dict], source: Path | None, window_s: float,
+                   built: Path | None = None) -> dict:
+    """The server of this checkout, or of `source` on what its own code `built` (its index and review store)."""
+    built = built or folder
     db = folder / f"{name}.sqlite"
-    shutil.copy(folder / "review.sqlite", db)
-    server, url = start(folder / "index", db, *FLAGS, source=source, wait_s=300)
+    shutil.copy(built / "review.sqlite", db)
+    server, url = start(built / "index", db, *FLAGS, source=source, wait_s=300)
     host = url.removeprefix("http://")
     single = [enrich_request(host, TOKEN, [listing]) for listing in listings]
     tens = [enrich_request(host, TOKEN, listings[i:i + 10]) for i in range(0, len(listings), 10)]
@@ -211,6 +214,7 @@ def in_process(index: Path, listings: list[dict], sizes: tuple[int, ...] = (1, 8
 def prepare(catalog: Path, folder: Path) -> list[dict]:
     """The index, the new listings (title and brand; no category, so every one is predicted), the 10,000-listing
     review batch for the queue page; the new listings as the API is sent them."""
+    shutil.copy(catalog, folder / "catalog.csv")
     assert enrich(["index", str(catalog), "--out", str(folder / "index"), *FLAGS, "--quiet"]) == 0
     new = synthesize(catalog, UPLOAD, seed=5, prefix="n").with_columns(
         pl.lit(None, pl.String).alias(AMAZON.category)).drop(AMAZON.engagement)
@@ -227,6 +231,20 @@ def prepare(catalog: Path, folder: Path) -> list[dict]:
             for row in new.head(SAME).iter_rows(named=True)]
 
 
+def build_with(source: Path, folder: Path, built: Path) -> Path:
+    """The index of the catalog and the 10,000-listing review batch, made by the code of the checkout at `source`."""
+    built.mkdir()
+
+    def command(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "enrich", *args, *FLAGS], cwd=source, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    command("index", str(folder / "catalog.csv"), "--out", str(built / "index"), "--quiet")
+    command("run", str(folder / "batch.csv"), "--index", str(built / "index"), "--out", str(built / "batch.parquet"), "--quiet")
+    command("review", "import", str(built / "batch.parquet"), "--input", str(folder / "batch.csv"), "--db",
+            str(built / "review.sqlite"))
+    return built
+
+
 def benchmark(catalog: Path, folder: Path, before: str | None) -> dict:
     listings = prepare(catalog, folder)
     results = {"run": run_rate(folder, folder / "index"), "after": measure_server(folder, "after", listings, None, 600)}
@@ -235,7 +253,8 @@ def benchmark(catalog: Path, folder: Path, before: str | None) -> dict:
         source.mkdir()
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", before], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
-        results["before"] = measure_server(folder, "before", listings, source, 120) | {"commit": before}
+        built = build_with(source, folder, folder / "built-before")  # its index and store formats are its own
+        results["before"] = measure_server(folder, "before", listings, source, 120, built) | {"commit": before}
     results["in_process"] = in_process(folder / "index", listings)
     return results
 
