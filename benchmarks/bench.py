@@ -22,7 +22,7 @@ import polars as pl
 from sklearn.linear_model import RidgeCV
 
 from benchmarks.agreement import engagement_agreement, label_agreement
-from benchmarks.common import AMAZON, AMAZON_COLUMNS, DEFAULT_CATALOG, gpu_name, machine, rho
+from benchmarks.common import AMAZON, AMAZON_COLUMNS, DEFAULT_CATALOG, gpu_name, machine, missing, rho
 from benchmarks.docs import publish, update_section
 from benchmarks.paths import encoder_paths, markdown_rows as paths_rows, quality_against_torch_fp32
 from benchmarks.team import markdown_rows, team_view
@@ -295,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write the tables into docs/benchmarks.md")
     args = parser.parse_args(argv)
     quiet_hugging_face()  # its load and save bars, once per model, would bury the benchmark's own progress
-    if not args.catalog.exists():
-        print(f"bench: {args.catalog} not found (the shared data folder is needed for the benchmark)", file=sys.stderr)
+    if missing(args.catalog):
         return 2
     if not args.skip_llm:
         from benchmarks import llm

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,14 @@ DESCRIPTIONS = SHARED_DATA / "amazon_uk_toys" / "with_descriptions.csv"
 TEST_DATA = ROOT / "tests" / "data"
 AMAZON = Columns(id="uniq_id", title="product_name", brand="manufacturer", text=(),
                  category="amazon_category_and_sub_category", engagement="number_of_reviews")
+
+
+def missing(data: Path, who: str = "bench") -> bool:
+    """True, once it is said, where the shared data a benchmark reads is not on this machine."""
+    if data.exists():
+        return False
+    print(f"{who}: {data} not found (the shared data folder is needed for the benchmark)", file=sys.stderr)
+    return True
 
 
 def gpu_name() -> str | None:

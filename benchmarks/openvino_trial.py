@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from benchmarks.common import AMAZON, DEFAULT_CATALOG, machine
+from benchmarks.common import AMAZON, DEFAULT_CATALOG, machine, missing
 from enrich.backends import CompiledModel, Int8Recipe, nncf_available, openvino_available, quantize_int8
 from enrich.catalog import listing_texts, load_catalog
 from enrich.embed import Encoder, mean_pooled, padded_batches
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (openvino_available() and nncf_available()):
         print("openvino_trial: needs openvino and nncf (`make setup` installs them)", file=sys.stderr)
         return 2
-    if not DEFAULT_CATALOG.exists():
-        print(f"openvino_trial: {DEFAULT_CATALOG} not found (the shared data folder is needed)", file=sys.stderr)
+    if missing(DEFAULT_CATALOG, "openvino_trial"):
         return 2
     frame = load_catalog(DEFAULT_CATALOG, AMAZON, reference=True)
     shuffled = listing_texts(frame.sample(fraction=1.0, shuffle=True, seed=1))

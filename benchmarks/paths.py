@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.common import AMAZON, DEFAULT_CATALOG, cpu, machine
+from benchmarks.common import AMAZON, DEFAULT_CATALOG, cpu, machine, missing
 from benchmarks.docs import publish, update_section
 from enrich.backends import cpu_runs_bf16, nncf_available, openvino_available
 from enrich.catalog import listing_texts, load_catalog
@@ -130,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-quality", action="store_true", help="speed and agreement only (no evaluations)")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args(argv)
-    if not args.catalog.exists():
-        print(f"paths: {args.catalog} not found (the shared data folder is needed)", file=sys.stderr)
+    if missing(args.catalog, "paths"):
         return 2
     encoder = Encoder()
     reference, held_out = split_catalog(load_catalog(args.catalog, AMAZON, reference=True), EvalConfig(seed=args.seed))

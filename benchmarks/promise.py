@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from sklearn.isotonic import IsotonicRegression
 
-from benchmarks.common import AMAZON, DEFAULT_CATALOG, machine
+from benchmarks.common import AMAZON, DEFAULT_CATALOG, machine, missing
 from benchmarks.docs import publish, update_section
 from benchmarks.taggers import BENCH_TAGGER, split_tagger
 from enrich.catalog import load_catalog
@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     quiet_hugging_face()
-    if not args.catalog.exists():
-        print(f"bench: {args.catalog} not found (the shared data folder is needed for the benchmark)", file=sys.stderr)
+    if missing(args.catalog):
         return 2
     encoder = Encoder()
     frame = load_catalog(args.catalog, AMAZON, reference=True)

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 import polars as pl
 
-from benchmarks.common import AMAZON, DEFAULT_CATALOG, ROOT, machine
+from benchmarks.common import AMAZON, DEFAULT_CATALOG, ROOT, machine, missing
 from benchmarks.docs import publish, update_section
 from benchmarks.load import enrich_request, load, prepared
 from benchmarks.scale import synthesize
@@ -313,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     quiet_hugging_face()
-    if not args.catalog.exists():
-        print(f"bench: {args.catalog} not found (the shared data folder is needed for the benchmark)", file=sys.stderr)
+    if missing(args.catalog):
         return 2
     with tempfile.TemporaryDirectory(prefix="enrich-serve-") as tmp:
         results = benchmark(args.catalog, Path(tmp), args.before or None)

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.multiclass import OneVsRestClassifier
 
-from benchmarks.common import DESCRIPTIONS, machine
+from benchmarks.common import DESCRIPTIONS, machine, missing
 from benchmarks.docs import publish, update_section
 from enrich.catalog import Columns, listing_texts, load_catalog
 from enrich.category.catalog_tags import best_tag_threshold, micro_scores
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     quiet_hugging_face()
-    if not DESCRIPTIONS.exists():
-        print(f"bench: {DESCRIPTIONS} not found (the shared data folder is needed for the benchmark)", file=sys.stderr)
+    if missing(DESCRIPTIONS):
         return 2
     results = tags_benchmark(seed=args.seed)
     table = tags_markdown(results)

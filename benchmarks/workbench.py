@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import os
-import signal
 import sys
 import tempfile
 import time
@@ -18,10 +16,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.common import DEFAULT_CATALOG, machine
+from benchmarks.common import DEFAULT_CATALOG, machine, missing
 from benchmarks.docs import publish, update_section
 from benchmarks.scale import synthesize
-from benchmarks.serve import FLAGS, TOKEN, start
+from benchmarks.serve import FLAGS, TOKEN, start, stop
 from enrich.cli import main as enrich
 from enrich.embed import Encoder, quiet_hugging_face
 
@@ -134,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
     quiet_hugging_face()
-    if not args.catalog.exists():
-        print(f"bench: {args.catalog} not found (the shared data folder is needed for the benchmark)", file=sys.stderr)
+    if missing(args.catalog):
         return 2
     with tempfile.TemporaryDirectory(prefix="enrich-workbench-") as tmp:
         prepare(args.catalog, Path(tmp))
@@ -143,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results = pages(url)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait()
+            stop(server)
         results["conflicts_by_ef"] = conflicts_by_ef(Path(tmp) / "index")
     table = to_markdown(results)
     publish(args.out, "bench-workbench", results, table)

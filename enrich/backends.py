@@ -106,6 +106,23 @@ def convert(module, example: dict) -> object:
         return ov.convert_model(module.eval(), example_input=example)
 
 
+def convert_output(model, output: str) -> object:
+    """One output of a Hugging Face model (`last_hidden_state`, `logits`) as an OpenVINO model, traced on a small
+    batch of `input_ids` and `attention_mask`."""
+    import torch
+
+    class Output(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), output)
+
+    example = {name: torch.ones((1, 8), dtype=torch.long) for name in ("input_ids", "attention_mask")}
+    return convert(Output(), example)
+
+
 @dataclass(frozen=True)
 class Int8Recipe:
     """How NNCF quantizes a transformer to int8 (what docs/experiments.md measured)."""

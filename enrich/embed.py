@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from enrich.backends import (Batch, CompiledModel, Int8Recipe, cached_model, convert, cpu_runs_bf16, installed_version,
+from enrich.backends import (Batch, CompiledModel, Int8Recipe, cached_model, convert_output, cpu_runs_bf16, installed_version,
                              nncf_available, openvino_available, quantize_int8)
 from enrich.errors import ConfigError
 from enrich.precision import (DTYPES, Measured, cached_choice, measure, measured_here, named_backend, named_precision,
@@ -80,17 +80,6 @@ class Calibration:
     @property
     def check_on(self) -> list[str]:
         return list(self.texts[INT8_RECIPE.calibration_texts:])
-
-
-class HiddenStates(torch.nn.Module):
-    """The encoder's last hidden states, for OpenVINO's converter; pooling stays outside, in fp32."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 class Encoder:
@@ -219,9 +208,8 @@ class Encoder:
 
     def openvino_model(self):
         """The fp32 OpenVINO model of these weights: converted once, then read from the cache."""
-        example = {"input_ids": torch.ones((1, 8), dtype=torch.long), "attention_mask": torch.ones((1, 8), dtype=torch.long)}
         return cached_model(f"encoder-{self.fingerprint}-openvino{installed_version('openvino')}",
-                            lambda: convert(HiddenStates(self.model.float()), example))
+                            lambda: convert_output(self.model.float(), "last_hidden_state"))
 
     def _int8_model(self):
         def make():

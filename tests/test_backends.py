@@ -123,7 +123,7 @@ def test_openvino_agrees_with_torch_and_its_ir_is_converted_once(cache, tiny_ber
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again: the IR in the cache was not used")
 
-    monkeypatch.setattr(enrich.embed, "convert", no_conversion)
+    monkeypatch.setattr(enrich.embed, "convert_output", no_conversion)
     again = Encoder(EncoderConfig(model_path=tiny_bert, precision="fp32", backend="openvino"))
     assert np.array_equal(again.encode(TEXTS), vectors)
 

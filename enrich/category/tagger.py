@@ -18,7 +18,7 @@ import torch
 from scipy.special import expit, softmax
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from enrich.backends import Batch, CompiledModel, cached_model, convert, installed_version
+from enrich.backends import Batch, CompiledModel, cached_model, convert_output, installed_version
 from enrich.catalog.paths import PATH_SEPARATOR, path_levels
 from enrich.embed import candidate_paths, padded_batches
 from enrich.errors import ArtifactError, ConfigError
@@ -66,17 +66,6 @@ class Hierarchy:
         rows = np.flatnonzero(member >= 0)
         matrix[rows, member[rows]] = 1.0
         return matrix
-
-
-class Logits(torch.nn.Module):
-    """The classifier's logits, for OpenVINO's converter."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 class Tagger:
@@ -159,10 +148,9 @@ class Tagger:
             if backend == "torch":
                 self._runners[path] = torch_logits(self.model, self.device, DTYPES[precision])
             else:
-                example = {"input_ids": torch.ones((1, 8), dtype=torch.long), "attention_mask": torch.ones((1, 8), dtype=torch.long)}
                 digest = self.info["files"]["model.safetensors"]["sha256"][:16]
                 graph = cached_model(f"tagger-{digest}-openvino{installed_version('openvino')}",
-                                     lambda: convert(Logits(self.model), example))
+                                     lambda: convert_output(self.model, "logits"))
                 compiled = CompiledModel(graph, precision, torch.get_num_threads())
                 self._runners[path] = lambda batches, deliver: compiled.run(
                     batches, lambda positions, logits, inputs: deliver(positions, logits.astype(np.float32)))
