@@ -22,8 +22,7 @@ VARIABLES = {
 
 def variable(name: str) -> str | None:
     """The variable's value, or None where it is unset or empty."""
-    if name not in VARIABLES:
-        raise KeyError(f"{name} is not one of enrich's variables (enrich.environment.VARIABLES)")
+    _check_known(name)
     return os.environ.get(name) or None
 
 
@@ -33,11 +32,15 @@ def cache_dir() -> Path:
 
 def set_for_children(name: str, value: str) -> None:
     """Set one of enrich's variables for the processes this one starts (and this one)."""
-    if name not in VARIABLES:
-        raise KeyError(f"{name} is not one of enrich's variables (enrich.environment.VARIABLES)")
+    _check_known(name)
     os.environ[name] = value
 
 
 def child_environment(**overrides: str) -> dict[str, str]:
     """This process's environment with `overrides`, for a process it starts."""
     return {**os.environ, **overrides}
+
+
+def _check_known(name: str) -> None:
+    if name not in VARIABLES:
+        raise KeyError(f"{name} is not one of enrich's variables (enrich.environment.VARIABLES)")

@@ -81,8 +81,7 @@ def conflict_list(request: Request, page_number: int = 0, resolved: bool = False
     """The groups still to settle (with `resolved`, the settled ones too), each with its settled path if any; after a
     settlement (`settled_by`, its operation), what it did, with a button that undoes it."""
     groups = bench.conflicts()
-    current = {g.key: bench.store.current(None, g.key) for g in groups}
-    settled = {key: found if found and found["after"] else None for key, found in current.items()}
+    settled = {g.key: found if (found := bench.store.current(None, g.key)) and found["after"] else None for g in groups}
     shown_groups = [g for g in groups if resolved or not settled[g.key]]
     shown = shown_groups[page_number * CONFLICTS_PAGE: (page_number + 1) * CONFLICTS_PAGE]
     done = actions.operation(bench.store, settled_by) if 0 < settled_by < 2**63 else None
@@ -99,14 +98,20 @@ def conflict_list(request: Request, page_number: int = 0, resolved: bool = False
                 undone=request.query_params.get("undone"))
 
 
+def named_reviewer(request: Request) -> str:
+    """Who decides, for a form that saves: a browser that has not said is refused."""
+    who = reviewer(request)
+    if not who:
+        raise HTTPException(403, "say who is reviewing first (the name at the top of the page)")
+    return who
+
+
 @router.post("/conflicts")
 def resolve(request: Request, key: str = Form(max_length=2000), path: str = Form(max_length=2000), csrf: str = Form(""),
             bench: Workbench = Depends(workbench)):
     """One path for the whole group (the key travels in the form, so that any characters an id holds are safe)."""
     check_csrf(request, csrf)
-    who = reviewer(request)
-    if not who:
-        raise HTTPException(403, "say who is reviewing first (the name at the top of the page)")
+    who = named_reviewer(request)
     group = next((g for g in bench.conflicts() if g.key == key), None)
     if group is None:
         raise HTTPException(404, "no such group")
@@ -121,9 +126,7 @@ def resolve(request: Request, key: str = Form(max_length=2000), path: str = Form
 def undo_settlement(request: Request, op: int = Form(ge=0, lt=2**63), csrf: str = Form(""),
                     bench: Workbench = Depends(workbench)):
     check_csrf(request, csrf)
-    who = reviewer(request)
-    if not who:
-        raise HTTPException(403, "say who is reviewing first (the name at the top of the page)")
+    who = named_reviewer(request)
     found = actions.operation(bench.store, op)
     if found is None or found["kind"] != "conflict":
         raise HTTPException(404, "no such settlement")
